@@ -1,0 +1,200 @@
+import json
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import Count, Q
+from django.shortcuts import get_object_or_404, redirect
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
+
+from orchestrator.models import OVERRIDABLE, Pipeline, SyncState
+from orchestrator.services import pipeline_sync
+from orchestrator.spec import format_memory, parse_memory
+
+
+class MemoryField(forms.CharField):
+    """Accepts "512m", "1.5g" or bytes; stores bytes."""
+
+    def to_python(self, value):
+        value = (value or "").strip()
+        if not value:
+            return None
+        try:
+            return parse_memory(int(value) if value.isdigit() else value)
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+    def prepare_value(self, value):
+        return format_memory(value) if isinstance(value, int) else value
+
+
+class PipelineForm(forms.ModelForm):
+    mem_hard_limit_override = MemoryField(required=False, help_text='e.g. "512m", "1.5g"; empty = pipeline.json')
+    mem_soft_limit_override = MemoryField(required=False, help_text='e.g. "256m"; empty = pipeline.json')
+    enabled_override = forms.NullBooleanField(
+        required=False, label="Enabled (override)",
+        widget=forms.Select(choices=[("unknown", "use pipeline.json"), ("true", "force enabled"),
+                                     ("false", "force disabled")]))
+
+    class Meta:
+        model = Pipeline
+        fields = [f"{f}_override" for f in OVERRIDABLE]
+
+
+def _show(field, value):
+    if value is None:
+        return "none"
+    if field.startswith("mem_"):
+        return format_memory(value)
+    if field == "timeout":
+        return "none" if value == 0 else f"{value} s"
+    if field.startswith("cpu_"):
+        return f"{value:g} cores"
+    return str(value)
+
+
+@admin.register(Pipeline)
+class PipelineAdmin(admin.ModelAdmin):
+    form = PipelineForm
+    change_form_template = "admin/orchestrator/pipeline/change_form.html"
+    list_display = ["id", "name", "enabled_badge", "tag_list", "status_badge", "last_run", "success_rate"]
+    list_filter = ["missing"]
+    search_fields = ["id", "name", "description"]
+    actions = ["run_now", "sync_now"]
+    readonly_fields = ["id", "name", "description", "tag_list", "metadata_file", "status_badge",
+                       "problems", "effective_settings", "spec_view", "main_py", "requirements_txt",
+                       "synced_at", "first_seen_at"]
+    fieldsets = [
+        (None, {"fields": ["id", "name", "description", "tag_list", "metadata_file", "status_badge",
+                           "problems", "synced_at"]}),
+        ("Effective settings (admin override > pipeline.json > global default)",
+         {"fields": ["effective_settings"]}),
+        ("Overrides", {"fields": [f"{f}_override" for f in OVERRIDABLE]}),
+        ("Spec and code (read-only)", {"fields": ["spec_view", "main_py", "requirements_txt"]}),
+    ]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(
+            n_final=Count("runs", filter=Q(runs__status__in=["succeeded", "failed"])),
+            n_ok=Count("runs", filter=Q(runs__status="succeeded")),
+        )
+
+    def has_add_permission(self, request):
+        return False  # pipelines come from folders, not from forms
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # a pipeline's history is kept; a removed folder marks it missing
+
+    def changelist_view(self, request, extra_context=None):
+        state = SyncState.objects.filter(pk=1).first()
+        if state and state.skipped and request.method == "GET":
+            for s in state.skipped:
+                messages.warning(request, f"Skipped folder {s['folder']!r}: {s['reason']}")
+        return super().changelist_view(request, extra_context)
+
+    @admin.display(description="enabled", boolean=True)
+    def enabled_badge(self, obj):
+        return obj.is_enabled
+
+    @admin.display(description="tags")
+    def tag_list(self, obj):
+        return ", ".join(obj.tags) or "-"
+
+    @admin.display(description="status")
+    def status_badge(self, obj):
+        if obj.missing:
+            return format_html('<span style="color:#888;font-weight:bold">missing</span>')
+        if obj.all_errors:
+            n = len(obj.all_errors)
+            return format_html('<span style="background:#ba2121;color:#fff;padding:1px 6px;border-radius:8px" '
+                               'title="{}">{} error{}</span>', "; ".join(obj.all_errors), n, "s" if n > 1 else "")
+        if obj.warnings:
+            return format_html('<span style="color:#b36b00" title="{}">valid, {} warning(s)</span>',
+                               "; ".join(obj.warnings), len(obj.warnings))
+        return format_html('<span style="color:#2a7a2a">valid</span>')
+
+    @admin.display(description="last run")
+    def last_run(self, obj):
+        run = obj.runs.order_by("-id").first()
+        if run is None:
+            return "-"
+        url = reverse("admin:runs_run_change", args=[run.pk])
+        label = run.status + (f" / {run.reason}" if run.reason else "")
+        return format_html('<a href="{}">{}</a>', url, label)
+
+    @admin.display(description="success rate")
+    def success_rate(self, obj):
+        if not getattr(obj, "n_final", 0):
+            return "-"
+        return f"{100 * obj.n_ok / obj.n_final:.0f}% of {obj.n_final}"
+
+    @admin.display(description="errors and warnings")
+    def problems(self, obj):
+        items = [("color:#ba2121", e) for e in obj.all_errors] + [("color:#b36b00", w) for w in obj.warnings]
+        if not items:
+            return "none"
+        return format_html("<ul style='margin:0'>{}</ul>",
+                           format_html_join("", '<li style="{}">{}</li>', items))
+
+    @admin.display(description="effective values")
+    def effective_settings(self, obj):
+        rows = []
+        for field in OVERRIDABLE:
+            value, source = obj.effective(field)
+            rows.append((field, _show(field, value), source))
+        spec = obj.spec
+        rows += [("retry_attempts", spec.retry_attempts, obj.metadata_file or "default"),
+                 ("max_instances", spec.max_instances or "unlimited", obj.metadata_file or "default")]
+        return format_html("<table><tr><th>setting</th><th>value</th><th>from</th></tr>{}</table>",
+                           format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td></tr>", rows))
+
+    @admin.display(description="parsed spec")
+    def spec_view(self, obj):
+        if obj.parsed.spec is None:
+            return format_html("<pre>{}</pre>", obj.spec_text or "(none)")
+        dumped = obj.parsed.spec.model_dump(mode="json", exclude_defaults=True, by_alias=True)
+        if "webhook_key" in dumped:
+            dumped["webhook_key"] = "(set; not shown)"
+        return format_html("<pre>{}</pre>", json.dumps(dumped, indent=2) if dumped else "(all defaults)")
+
+    @admin.display(description="main.py")
+    def main_py(self, obj):
+        return format_html('<pre style="max-height:30em;overflow:auto">{}</pre>', obj.read_file("main.py") or "(missing)")
+
+    @admin.display(description="requirements.txt")
+    def requirements_txt(self, obj):
+        text = obj.read_file("requirements.txt")
+        return format_html("<pre>{}</pre>", text) if text is not None else "(none)"
+
+    # --- actions ---------------------------------------------------------------------------
+    @admin.action(description="Run now")
+    def run_now(self, request, queryset):
+        from runs.models import Trigger
+        from runs.services import RunRefused, run_trigger
+
+        for pipeline in queryset:
+            try:
+                run = run_trigger(pipeline=pipeline, trigger=Trigger.MANUAL, user=request.user)
+            except RunRefused as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+            else:
+                url = reverse("admin:runs_run_change", args=[run.pk])
+                self.message_user(request, format_html('Run <a href="{}">{}</a> of {} queued.', url, run.pk,
+                                                       pipeline.id), messages.SUCCESS)
+
+    @admin.action(description="Sync pipelines from disk")
+    def sync_now(self, request, queryset=None):
+        report = pipeline_sync()
+        self.message_user(request, f"Synced: {len(report.created)} new, {len(report.updated)} updated, "
+                                   f"{len(report.missing)} newly missing.")
+
+    def get_urls(self):
+        return [path("<path:object_id>/run/", self.admin_site.admin_view(self.run_view),
+                     name="orchestrator_pipeline_run")] + super().get_urls()
+
+    def run_view(self, request, object_id):
+        pipeline = get_object_or_404(Pipeline, pk=object_id)
+        if request.method != "POST" or not self.has_change_permission(request, pipeline):
+            return redirect("admin:orchestrator_pipeline_change", object_id)
+        self.run_now(request, Pipeline.objects.filter(pk=pipeline.pk))
+        return redirect("admin:orchestrator_pipeline_change", object_id)

@@ -1,0 +1,127 @@
+"""`python manage.py up`: everything for one machine, in one command.
+
+Steps:
+1. check the port is free (a clash is an error naming FASTFLOW_PORT);
+2. migrate, sync pipelines, ensure the admin user (password generated and printed once);
+3. start three children: daphne (ASGI: admin, API, websockets), the django-q2 cluster
+   (workers) and the dispatcher loop;
+4. on Ctrl-C or SIGTERM, stop them all (SIGTERM, then SIGKILL after a grace period), and
+   if any child dies on its own, stop the rest and exit non-zero: no orphans either way.
+"""
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+from orchestrator.services import pipeline_sync
+
+GRACE_SECONDS = 15
+
+
+def _port_free(host, port):
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc.strerror
+    return None
+
+
+def _killpg(proc, sig):
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class Command(BaseCommand):
+    help = "Start Fast-Flow on this machine: web (admin, API, websockets), workers, dispatcher."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--no-workers", action="store_true", help="serve only (workers run elsewhere)")
+
+    def handle(self, *args, **options):
+        host, port = settings.FASTFLOW_HOST, settings.FASTFLOW_PORT
+        problem = _port_free(host, port)
+        if problem:
+            raise CommandError(f"cannot listen on {host}:{port} ({problem}): set FASTFLOW_PORT or FASTFLOW_HOST")
+        call_command("migrate", interactive=False, verbosity=0)
+        report = pipeline_sync()
+        self.stdout.write(f"pipelines: {len(report.created) + len(report.updated) + report.unchanged} found"
+                          + (f", {len(report.skipped)} skipped (see sync_pipelines)" if report.skipped else ""))
+        self._ensure_admin()
+        call_command("check")
+
+        manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
+        children = {"web": [sys.executable, "-m", "daphne", "-b", host, "-p", str(port), "--proxy-headers",
+                            "fastflow_site.asgi:application"]}
+        if not options["no_workers"]:
+            children["workers"] = manage + ["qcluster"]
+            children["dispatcher"] = manage + ["dispatcher"]
+        # Each child leads its own process group, so stopping reaches the q2 worker processes too.
+        procs = {name: subprocess.Popen(cmd, cwd=settings.BASE_DIR, start_new_session=True)
+                 for name, cmd in children.items()}
+        stopping = {"signal": None}
+
+        def on_signal(signum, _frame):
+            stopping["signal"] = signum
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        self.stdout.write(self.style.SUCCESS(f"Fast-Flow is up: http://{host}:{port}/admin/  (Ctrl-C stops it)"))
+        exit_code = 0
+        while stopping["signal"] is None:
+            dead = [name for name, p in procs.items() if p.poll() is not None]
+            if dead:
+                self.stderr.write(f"{', '.join(dead)} exited unexpectedly (code "
+                                  f"{procs[dead[0]].returncode}); stopping everything")
+                exit_code = 1
+                break
+            time.sleep(0.3)
+        self._stop(procs)
+        if exit_code:
+            raise CommandError("a component of Fast-Flow died; see the output above")
+        self.stdout.write("Fast-Flow stopped.")
+
+    def _stop(self, procs):
+        for p in procs.values():
+            _killpg(p, signal.SIGTERM)
+        deadline = time.monotonic() + GRACE_SECONDS
+        for p in procs.values():
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            _killpg(p, signal.SIGKILL)  # whatever is left in its group
+            p.wait()
+
+    def _ensure_admin(self):
+        User = get_user_model()
+        name = settings.FASTFLOW_ADMIN_USER
+        password = settings.FASTFLOW_ADMIN_PASSWORD
+        user = User.objects.filter(username=name).first()
+        if user is None:
+            generated = not password
+            password = password or secrets.token_urlsafe(12)
+            User.objects.create_superuser(name, email="", password=password)
+            if generated:
+                self.stdout.write(self.style.WARNING(
+                    f"created admin user {name!r} with password {password}  (shown once; set "
+                    f"FASTFLOW_ADMIN_PASSWORD to choose it)"))
+            else:
+                self.stdout.write(f"created admin user {name!r} from FASTFLOW_ADMIN_PASSWORD")
+        elif password and not user.check_password(password):
+            user.set_password(password)
+            user.save(update_fields=["password"])
+            self.stdout.write(f"admin user {name!r}: password set from FASTFLOW_ADMIN_PASSWORD")
+        os.environ.pop("FASTFLOW_ADMIN_PASSWORD", None)

@@ -1,0 +1,214 @@
+"""Discovery: the pipelines dir -> Pipeline rows.
+
+`pipeline_sync()` steps:
+1. scan the pipelines dir (one `scandir` per folder) and fingerprint each pipeline from the
+   stat of its main.py, requirements.txt and *.json files;
+2. read and parse only the folders whose fingerprint changed (or that are new);
+3. create, update, or mark missing, in one transaction of bulk writes;
+4. when anything changed, recompute the errors that involve several pipelines
+   (duplicate webhook keys).
+A re-sync where nothing changed is one directory scan plus one query.
+"""
+
+import hashlib
+import logging
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from orchestrator.models import Pipeline, SyncState
+from orchestrator.spec import PIPELINE_ID_RE, parse_spec
+
+log = logging.getLogger("fastflow.discovery")
+
+
+@dataclass
+class Found:
+    id: str
+    path: Path
+    fingerprint: str
+    json_files: list
+
+
+@dataclass
+class SyncReport:
+    created: list = field(default_factory=list)
+    updated: list = field(default_factory=list)
+    missing: list = field(default_factory=list)
+    unchanged: int = 0
+    skipped: list = field(default_factory=list)
+
+    @property
+    def changed(self):
+        return bool(self.created or self.updated or self.missing)
+
+
+def _scan(root: Path, report: SyncReport):
+    found = []
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except FileNotFoundError:
+        report.skipped.append({"folder": str(root), "reason": "the pipelines dir does not exist"})
+        return found
+    real_root = root.resolve()
+    for entry in entries:
+        try:
+            if not entry.is_dir():
+                continue
+        except OSError:
+            continue
+        stats = []
+        json_files = []
+        has_main = False
+        try:
+            with os.scandir(entry.path) as inner:
+                for f in inner:
+                    if f.name == "main.py" or f.name == "requirements.txt" or f.name.endswith(".json"):
+                        try:
+                            st = f.stat()
+                        except OSError:
+                            continue
+                        if f.name == "main.py":
+                            has_main = True
+                        elif f.name.endswith(".json") and f.is_file():
+                            json_files.append(f.name)
+                        stats.append(f"{f.name}:{st.st_mtime_ns}:{st.st_size}")
+        except OSError as exc:
+            report.skipped.append({"folder": entry.name, "reason": f"cannot read folder: {exc.strerror}"})
+            continue
+        if not has_main:
+            continue
+        if entry.name.startswith("."):
+            report.skipped.append({"folder": entry.name, "reason": "hidden folder"})
+            continue
+        if not PIPELINE_ID_RE.match(entry.name):
+            report.skipped.append({
+                "folder": entry.name,
+                "reason": "not a valid pipeline id (letters, digits, '_' and '-' only, at most 100)",
+            })
+            continue
+        if entry.is_symlink():
+            target = Path(entry.path).resolve()
+            if not target.is_relative_to(real_root):
+                report.skipped.append({"folder": entry.name, "reason": "symlink leads outside the pipelines dir"})
+                continue
+            stats.append(f"->{target}")
+        stats.sort()
+        digest = hashlib.sha1("\n".join(stats).encode()).hexdigest()
+        found.append(Found(entry.name, Path(entry.path), digest, sorted(json_files)))
+    return found
+
+
+def _metadata_file(item: Found):
+    """(file name or "", error or "") by the resolution order in the README."""
+    if "pipeline.json" in item.json_files:
+        return "pipeline.json", ""
+    if f"{item.id}.json" in item.json_files:
+        return f"{item.id}.json", ""
+    if len(item.json_files) == 1:
+        return item.json_files[0], ""
+    if len(item.json_files) > 1:
+        names = ", ".join(item.json_files)
+        return "", f"several metadata candidates ({names}): name one pipeline.json"
+    return "", ""
+
+
+def _read(item: Found, row: Pipeline):
+    """Fill a row's spec fields from its folder."""
+    meta, error = _metadata_file(item)
+    row.metadata_file = meta
+    row.fingerprint = item.fingerprint
+    row.missing = False
+    row.has_requirements = (item.path / "requirements.txt").is_file()
+    row.synced_at = timezone.now()
+    if error:
+        row.spec_text, row.errors, row.warnings = "", [error], []
+    elif meta:
+        try:
+            row.spec_text = (item.path / meta).read_text(encoding="utf-8")
+            result = parse_spec(row.spec_text, source=meta)
+        except (OSError, UnicodeDecodeError) as exc:
+            row.spec_text = ""
+            result = parse_spec("", source=meta)
+            result.errors = [f"{meta}: cannot read: {exc}"]
+        row.errors, row.warnings = result.errors, result.warnings
+    else:
+        row.spec_text, row.errors, row.warnings = "", [], []
+    row.__dict__.pop("parsed", None)
+    spec = row.parsed.spec
+    row.name = (spec.name if spec and spec.name else item.id)[:200]
+    row.description = spec.description if spec else ""
+    row.tags = list(spec.tags) if spec else []
+    row.webhook_key = (spec.webhook_key or "") if spec else ""
+    return row
+
+
+_SPEC_FIELDS = [
+    "name", "description", "tags", "metadata_file", "spec_text", "errors", "warnings",
+    "webhook_key", "has_requirements", "fingerprint", "missing", "synced_at",
+]
+
+
+def _recompute_conflicts():
+    rows = list(Pipeline.objects.filter(missing=False).only("id", "webhook_key", "conflicts"))
+    by_key = defaultdict(list)
+    for row in rows:
+        if row.webhook_key:
+            by_key[row.webhook_key].append(row.id)
+    changed = []
+    for row in rows:
+        conflicts = []
+        others = [p for p in by_key.get(row.webhook_key, []) if p != row.id] if row.webhook_key else []
+        if others:
+            conflicts.append(f"webhook_key is also used by: {', '.join(others)}")
+        if conflicts != row.conflicts:
+            row.conflicts = conflicts
+            changed.append(row)
+    Pipeline.objects.bulk_update(changed, ["conflicts"], batch_size=500)
+
+
+def pipeline_sync(*, root: Path | None = None) -> SyncReport:
+    root = Path(root or settings.FASTFLOW_PIPELINES_DIR)
+    report = SyncReport()
+    found = _scan(root, report)
+    known = dict(Pipeline.objects.values_list("id", "fingerprint"))
+    missing_now = set(Pipeline.objects.filter(missing=True).values_list("id", flat=True))
+
+    new_rows, changed_ids = [], []
+    for item in found:
+        if item.id not in known:
+            new_rows.append(_read(item, Pipeline(id=item.id)))
+        elif known[item.id] != item.fingerprint or item.id in missing_now:
+            changed_ids.append(item.id)
+        else:
+            report.unchanged += 1
+    seen = {item.id for item in found}
+    gone = [pid for pid in known if pid not in seen and pid not in missing_now]
+
+    with transaction.atomic():
+        if new_rows:
+            Pipeline.objects.bulk_create(new_rows, batch_size=500)
+            report.created = [r.id for r in new_rows]
+        if changed_ids:
+            by_id = {item.id: item for item in found}
+            rows = [_read(by_id[r.id], r) for r in Pipeline.objects.filter(id__in=changed_ids)]
+            Pipeline.objects.bulk_update(rows, _SPEC_FIELDS, batch_size=500)
+            report.updated = changed_ids
+        if gone:
+            Pipeline.objects.filter(id__in=gone).update(missing=True, synced_at=timezone.now())
+            report.missing = gone
+        if report.changed:
+            _recompute_conflicts()
+        state = SyncState.load()
+        if report.changed or state.skipped != report.skipped or state.last_sync_at is None:
+            state.skipped = report.skipped
+            state.last_sync_at = timezone.now()
+            state.save()
+    if report.changed:
+        log.info("sync: %d new, %d updated, %d missing", len(report.created), len(report.updated), len(report.missing))
+    return report

@@ -1,0 +1,275 @@
+"""Docker executor: each run in a fresh, locked-down container.
+
+Steps of `execute`:
+1. look up the runner image (a missing image is a permanent error saying how to build it);
+2. when the pipeline has requirements, make sure its cached environment exists: built once
+   in a builder container (network on, shared uv cache, --compile-bytecode), then mounted
+   read-only at the same path by every later run;
+3. create the run container (code and env read-only, tmpfs /tmp, non-root, read-only root,
+   no capabilities, no-new-privileges, pids limit, memory = memory+swap, nano_cpus),
+   attach to its output *before* starting it so no line is missed, and start it;
+4. follow logs in a thread and stats in another, while the calling thread enforces the
+   timeout and watches for a cancel;
+5. read the exit code and the engine's OOMKilled flag; always remove the container.
+"""
+
+import logging
+import os
+import threading
+import time
+
+import docker
+from django.conf import settings
+from docker import errors as docker_errors
+from requests import exceptions as requests_errors
+
+from runs import environments
+from runs.executors.base import Executor, ExecutorError, Job, Outcome, exit_outcome, soft_limit_warnings
+
+log = logging.getLogger("fastflow.executors.docker")
+
+CODE_DIR = "/pipeline"
+ENV_DIR = "/opt/fastflow/env"
+CACHE_DIR = "/opt/fastflow/uv-cache"
+CA_PATH = "/etc/ssl/certs/fastflow-ca.crt"
+LABEL_RUN = "org.fastflow.run"
+LABEL_PIPELINE = "org.fastflow.pipeline"
+ENGINE_ERRORS = (docker_errors.DockerException, requests_errors.RequestException, ConnectionError)
+
+
+def _client(timeout=120):
+    try:
+        return docker.APIClient(**docker.utils.kwargs_from_env(), timeout=timeout)
+    except docker_errors.DockerException as exc:
+        raise ExecutorError(f"cannot reach the Docker engine: {exc}") from None
+
+
+class DockerExecutor(Executor):
+    name = "docker"
+
+    @classmethod
+    def available(cls):
+        try:
+            return bool(_client(timeout=3).ping())
+        except Exception:
+            return False
+
+    def __init__(self):
+        self.api = _client()
+
+    # --- image and environment -------------------------------------------------------------
+    def image_id(self):
+        ref = settings.FASTFLOW_RUNNER_IMAGE
+        try:
+            return self.api.inspect_image(ref)["Id"]
+        except docker_errors.ImageNotFound:
+            raise ExecutorError(
+                f"runner image {ref!r} not found: build it with `deploy/runner/build-offline.sh {ref}` "
+                f"(no registry needed) or `docker build -t {ref} deploy/runner`",
+                permanent=True,
+            ) from None
+        except ENGINE_ERRORS as exc:
+            raise ExecutorError(f"Docker engine error while looking up the runner image: {exc}") from None
+
+    def _ca_env_and_mounts(self):
+        if not settings.FASTFLOW_CA_BUNDLE:
+            return {}, {}
+        return ({"SSL_CERT_FILE": CA_PATH, "REQUESTS_CA_BUNDLE": CA_PATH, "PIP_CERT": CA_PATH},
+                {settings.FASTFLOW_CA_BUNDLE: {"bind": CA_PATH, "mode": "ro"}})
+
+    def _ensure_env(self, job: Job, image_id: str):
+        key = environments.env_key(job.requirements, f"docker:{image_id}")
+        path, built = environments.ensure("docker", key, lambda p: self._build_env(job, image_id, p))
+        return path, built
+
+    def _build_env(self, job: Job, image_id: str, path):
+        job.log.system("building the dependency environment (once per requirements.txt + image)")
+        cache = environments.uv_cache_dir()
+        uid, gid = (int(x) for x in settings.FASTFLOW_RUN_USER.split(":"))
+        for folder in (path, cache):
+            try:
+                os.chown(folder, uid, gid)
+            except PermissionError:
+                pass  # not root: the run user is the host user already
+        ca_env, ca_mounts = self._ca_env_and_mounts()
+        script = (
+            f"uv venv --quiet {ENV_DIR} --python /usr/bin/python3 && "
+            f"uv pip install --python {ENV_DIR}/bin/python --compile-bytecode -r {CODE_DIR}/requirements.txt"
+        )
+        host_config = self.api.create_host_config(
+            binds={str(job.code_dir): {"bind": CODE_DIR, "mode": "ro"},
+                   str(path): {"bind": ENV_DIR, "mode": "rw"},
+                   str(cache): {"bind": CACHE_DIR, "mode": "rw"}, **ca_mounts},
+            tmpfs={"/tmp": "rw,nosuid,nodev,size=1g"},
+            network_mode=settings.FASTFLOW_BUILD_NETWORK,
+            read_only=True, cap_drop=["ALL"], security_opt=["no-new-privileges"],
+            pids_limit=settings.FASTFLOW_PIDS_LIMIT, init=True,
+        )
+        container = self.api.create_container(
+            image_id, command=["sh", "-c", script], user=settings.FASTFLOW_RUN_USER,
+            environment={"UV_CACHE_DIR": CACHE_DIR, "HOME": "/tmp", "UV_LINK_MODE": "hardlink",
+                         "UV_PYTHON_DOWNLOADS": "never", **ca_env},
+            labels={LABEL_RUN: str(job.run_id), "org.fastflow.role": "builder"},
+            host_config=host_config,
+        )["Id"]
+        try:
+            stream = self.api.attach(container, stream=True, logs=True, demux=True)
+            self.api.start(container)
+            for out, err in stream:
+                if out:
+                    job.log.write("sys", out)
+                if err:
+                    job.log.write("sys", err)
+            code = self.api.wait(container, timeout=3600)["StatusCode"]
+        finally:
+            self._remove(container)
+        if code != 0:
+            raise ExecutorError(f"building the environment failed (uv exited with {code}); see the log", permanent=True)
+
+    # --- the run -----------------------------------------------------------------------------
+    def execute(self, job: Job) -> Outcome:
+        try:
+            return self._execute(job)
+        except ExecutorError:
+            raise
+        except ENGINE_ERRORS as exc:
+            raise ExecutorError(f"Docker engine error: {exc}") from None
+
+    def _execute(self, job: Job) -> Outcome:
+        t0 = time.monotonic()
+        image_id = self.image_id()
+        job.on_started(image=settings.FASTFLOW_RUNNER_IMAGE, executor=self.name)
+        binds = {str(job.code_dir): {"bind": CODE_DIR, "mode": "ro"}}
+        python = "python3"
+        if job.requirements.strip():
+            env_path, _ = self._ensure_env(job, image_id)
+            binds[str(env_path)] = {"bind": ENV_DIR, "mode": "ro"}
+            python = f"{ENV_DIR}/bin/python"
+        setup_seconds = time.monotonic() - t0
+        ca_env, ca_mounts = self._ca_env_and_mounts()
+        binds.update(ca_mounts)
+        host_config = self.api.create_host_config(
+            binds=binds,
+            tmpfs={"/tmp": "rw,nosuid,nodev,size=512m"},
+            network_mode=job.network_mode or settings.FASTFLOW_DOCKER_NETWORK,
+            read_only=True, cap_drop=["ALL"], security_opt=["no-new-privileges"],
+            pids_limit=settings.FASTFLOW_PIDS_LIMIT, init=True,
+            mem_limit=job.mem_hard_limit or None,
+            memswap_limit=job.mem_hard_limit or None,
+            nano_cpus=int(job.cpu_hard_limit * 1e9) if job.cpu_hard_limit else None,
+        )
+        env = {"HOME": "/tmp", "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", **ca_env, **job.env}
+        container = self.api.create_container(
+            image_id, command=[python, "main.py"], working_dir=CODE_DIR,
+            user=settings.FASTFLOW_RUN_USER, environment=env,
+            labels={LABEL_RUN: str(job.run_id), LABEL_PIPELINE: job.pipeline_id, "org.fastflow.role": "run"},
+            host_config=host_config,
+        )["Id"]
+        try:
+            job.on_started(container_id=container[:64], setup_seconds=round(setup_seconds, 3))
+            return self._follow(job, container, setup_seconds)
+        finally:
+            self._remove(container)
+
+    def _follow(self, job: Job, container: str, setup_seconds: float) -> Outcome:
+        stream = self.api.attach(container, stream=True, logs=True, demux=True)
+        self.api.start(container)
+        started = time.monotonic()
+
+        def pump():
+            try:
+                for out, err in stream:
+                    if out:
+                        job.log.write("out", out)
+                    if err:
+                        job.log.write("err", err)
+            except ENGINE_ERRORS:
+                pass
+
+        sampler = _Sampler(self.api, container)
+        reader = threading.Thread(target=pump, name=f"logs-{job.run_id}", daemon=True)
+        reader.start()
+        sampler.start()
+        timed_out = cancelled = False
+        next_cancel_check = 0.0
+        while reader.is_alive():
+            reader.join(0.1)
+            now = time.monotonic()
+            if job.timeout and now - started > job.timeout:
+                timed_out = True
+                self._kill(container)
+                break
+            if now >= next_cancel_check:
+                next_cancel_check = now + 0.5
+                if job.cancelled():
+                    cancelled = True
+                    self.api.stop(container, timeout=5)
+                    break
+        code = self.api.wait(container, timeout=60)["StatusCode"]
+        reader.join(10)
+        state = self.api.inspect_container(container)["State"]
+        outcome = exit_outcome(code, oom=bool(state.get("OOMKilled")), timed_out=timed_out,
+                               cancelled=cancelled, timeout=job.timeout)
+        if outcome.reason == "exit_code" and code == 137:
+            outcome.message = "exited with code 137 (SIGKILL; the engine reports no out-of-memory kill)"
+        outcome.setup_seconds = round(setup_seconds, 3)
+        sampler.stop()
+        outcome.peak_memory_bytes = sampler.peak_memory or None
+        outcome.cpu_seconds = round(sampler.cpu_ns / 1e9, 3) if sampler.cpu_ns else None
+        outcome.peak_cpu_cores = sampler.peak_cores or None
+        outcome.warnings = soft_limit_warnings(job, outcome)
+        return outcome
+
+    def _kill(self, container):
+        try:
+            self.api.kill(container)
+        except docker_errors.APIError:
+            pass  # already gone
+
+    def _remove(self, container):
+        try:
+            self.api.remove_container(container, force=True, v=True)
+        except docker_errors.NotFound:
+            pass
+        except ENGINE_ERRORS as exc:
+            log.warning("could not remove container %s: %s", container[:12], exc)
+
+
+class _Sampler(threading.Thread):
+    """Follows the engine's stats stream: peak memory, CPU time, peak CPU cores."""
+
+    def __init__(self, api, container):
+        super().__init__(daemon=True, name=f"stats-{container[:12]}")
+        self.api, self.container = api, container
+        self.peak_memory = 0
+        self.cpu_ns = 0
+        self.peak_cores = 0.0
+        self._stopped = False
+
+    def run(self):
+        try:
+            for sample in self.api.stats(self.container, stream=True, decode=True):
+                if self._stopped:
+                    break
+                self._take(sample)
+        except Exception:
+            pass  # the container is gone; keep what was sampled
+
+    def _take(self, sample):
+        mem = sample.get("memory_stats") or {}
+        stats = mem.get("stats") or {}
+        usage = mem.get("max_usage") or mem.get("usage") or 0
+        if not mem.get("max_usage"):
+            usage -= stats.get("inactive_file", stats.get("total_inactive_file", 0))
+        self.peak_memory = max(self.peak_memory, usage)
+        cpu = (sample.get("cpu_stats") or {}).get("cpu_usage", {}).get("total_usage") or 0
+        pre = (sample.get("precpu_stats") or {}).get("cpu_usage", {}).get("total_usage") or 0
+        self.cpu_ns = max(self.cpu_ns, cpu)
+        sys_now = (sample.get("cpu_stats") or {}).get("system_cpu_usage") or 0
+        sys_pre = (sample.get("precpu_stats") or {}).get("system_cpu_usage") or 0
+        online = (sample.get("cpu_stats") or {}).get("online_cpus") or 1
+        if pre and sys_now > sys_pre:
+            self.peak_cores = max(self.peak_cores, (cpu - pre) / (sys_now - sys_pre) * online)
+
+    def stop(self):
+        self._stopped = True
