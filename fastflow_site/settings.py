@@ -242,6 +242,7 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = FASTFLOW_DATA_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)
 # Admin assets are served by whitenoise straight from the installed apps: no collectstatic.
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG

@@ -6,8 +6,12 @@ from django.core import checks
 def executor_check(app_configs, **kwargs):
     """fastflow.E001: executor forced to docker but no engine answers.
     fastflow.W002: auto falls back to the local executor (no isolation)."""
+    import os
+
     from runs.executors import executor_class
 
+    if os.environ.get("FASTFLOW_CHILD_PROCESS"):
+        return []  # `up` checked once before starting its children
     kind = settings.FASTFLOW_EXECUTOR
     if kind == "local":
         return [checks.Warning("FASTFLOW_EXECUTOR=local: pipelines run as host processes, NOT isolated.",

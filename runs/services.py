@@ -37,7 +37,9 @@ def _now():
 
 
 def run_trigger(*, pipeline, trigger, env=None, params=None, user=None, caused_by=None,
-                retry_of=None, attempt=1, due_at=None) -> Run:
+                retry_of=None, attempt=1, due_at=None, dispatch=True) -> Run:
+    """Queue a run. With dispatch=False the caller executes it itself (the CLI's --wait):
+    the row is born dispatched, so no worker takes it, and it still counts against limits."""
     if not pipeline.runnable:
         raise RunRefused(pipeline.why_not_runnable())
     now = _now()
@@ -45,9 +47,10 @@ def run_trigger(*, pipeline, trigger, env=None, params=None, user=None, caused_b
         pipeline=pipeline, trigger=trigger, env=env or {}, params=params or {},
         triggered_by=user if user and user.is_authenticated else None,
         caused_by=caused_by, retry_of=retry_of, attempt=attempt,
-        queued_at=now, due_at=due_at or now,
+        queued_at=now, due_at=due_at or now, dispatched_at=None if dispatch else now,
     )
-    transaction.on_commit(runs_dispatch)
+    if dispatch:
+        transaction.on_commit(runs_dispatch)
     return run
 
 

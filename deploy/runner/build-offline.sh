@@ -184,6 +184,7 @@ chmod 755 "$ROOTFS"
 # --- 5. import -------------------------------------------------------------------------
 [ -z "$(mounts_under "$ROOTFS")" ] || die "file systems still mounted under the target; refusing to tar it"
 log "importing as $TAG..."
+previous="$(docker image inspect "$TAG" --format '{{.Id}}' 2>/dev/null || true)"
 tar --numeric-owner -C "$ROOTFS" -c . | docker import \
     --change "ENV PATH=$STD_PATH" \
     --change 'ENV LANG=C.UTF-8' \
@@ -198,5 +199,10 @@ tar --numeric-owner -C "$ROOTFS" -c . | docker import \
 
 docker run --rm --network none "$TAG" python -c 'import ssl, venv' \
     || die "smoke test failed: python does not run in $TAG"
+# Drop the image this tag pointed to before, unless still in use or tagged.
+current="$(docker image inspect "$TAG" --format '{{.Id}}')"
+if [ -n "$previous" ] && [ "$previous" != "$current" ]; then
+    docker rmi "$previous" >/dev/null 2>&1 || true
+fi
 size="$(docker image inspect "$TAG" --format '{{.Size}}')"
 log "built $TAG in $(( SECONDS - start ))s ($(( size / 1000000 )) MB)"

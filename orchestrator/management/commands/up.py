@@ -69,7 +69,8 @@ class Command(BaseCommand):
             children["workers"] = manage + ["qcluster"]
             children["dispatcher"] = manage + ["dispatcher"]
         # Each child leads its own process group, so stopping reaches the q2 worker processes too.
-        procs = {name: subprocess.Popen(cmd, cwd=settings.BASE_DIR, start_new_session=True)
+        env = {**os.environ, "FASTFLOW_CHILD_PROCESS": "1"}  # checks were run once, here
+        procs = {name: subprocess.Popen(cmd, cwd=settings.BASE_DIR, start_new_session=True, env=env)
                  for name, cmd in children.items()}
         stopping = {"signal": None}
 
@@ -95,7 +96,8 @@ class Command(BaseCommand):
 
     def _stop(self, procs):
         for p in procs.values():
-            _killpg(p, signal.SIGTERM)
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)  # the leader stops its own children (q2 workers)
         deadline = time.monotonic() + GRACE_SECONDS
         for p in procs.values():
             try:
