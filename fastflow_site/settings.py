@@ -207,6 +207,9 @@ FASTFLOW_RUN_USER = env_str("FASTFLOW_RUN_USER") or (
     "1000:1000" if os.getuid() == 0 else f"{os.getuid()}:{os.getgid()}"
 )
 FASTFLOW_PIDS_LIMIT = env_int("FASTFLOW_PIDS_LIMIT", 512, minimum=16)
+# Cached dependency environments and uv's download cache (default: inside the data dir).
+FASTFLOW_ENV_CACHE_DIR = Path(env_str("FASTFLOW_ENV_CACHE_DIR") or FASTFLOW_DATA_DIR / "envs").resolve()
+FASTFLOW_UV_CACHE_DIR = Path(env_str("FASTFLOW_UV_CACHE_DIR") or FASTFLOW_DATA_DIR / "uv-cache").resolve()
 FASTFLOW_ENV_MAX_AGE_DAYS = env_int("FASTFLOW_ENV_MAX_AGE_DAYS", 30, minimum=1)
 FASTFLOW_LOG_MAX_BYTES = env_int("FASTFLOW_LOG_MAX_BYTES", 50 * 1024 * 1024, minimum=1024)
 

@@ -28,13 +28,15 @@ def env_key(requirements: str, runtime: str) -> str:
 
 
 def cache_root(kind: str) -> Path:
-    root = settings.FASTFLOW_DATA_DIR / "envs" / kind
+    root = Path(settings.FASTFLOW_ENV_CACHE_DIR) / kind
     root.mkdir(parents=True, exist_ok=True)
     return root
 
 
-def uv_cache_dir() -> Path:
-    path = settings.FASTFLOW_DATA_DIR / "uv-cache"
+def uv_cache_dir(kind: str) -> Path:
+    """One uv cache per executor kind: docker builds write it as the container user, local
+    builds as the host user, and neither can write the other's files."""
+    path = Path(settings.FASTFLOW_UV_CACHE_DIR) / kind
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -68,7 +70,7 @@ def collect_garbage(max_age_days=None) -> list[Path]:
     """Remove environments unused for max_age_days. Skips any whose lock is held."""
     max_age = (max_age_days or settings.FASTFLOW_ENV_MAX_AGE_DAYS) * 86400
     removed = []
-    base = settings.FASTFLOW_DATA_DIR / "envs"
+    base = Path(settings.FASTFLOW_ENV_CACHE_DIR)
     if not base.exists():
         return removed
     now = time.time()

@@ -84,7 +84,7 @@ class DockerExecutor(Executor):
 
     def _build_env(self, job: Job, image_id: str, path):
         job.log.system("building the dependency environment (once per requirements.txt + image)")
-        cache = environments.uv_cache_dir()
+        cache = environments.uv_cache_dir("docker")
         uid, gid = (int(x) for x in settings.FASTFLOW_RUN_USER.split(":"))
         for folder in (path, cache):
             try:

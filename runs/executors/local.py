@@ -36,7 +36,7 @@ def _uv():
 
 def _build_env(job: Job, path: Path):
     job.log.system("building the dependency environment (once per requirements.txt + interpreter)")
-    env = {**os.environ, "UV_CACHE_DIR": str(environments.uv_cache_dir()), "UV_PYTHON_DOWNLOADS": "never"}
+    env = {**os.environ, "UV_CACHE_DIR": str(environments.uv_cache_dir("local")), "UV_PYTHON_DOWNLOADS": "never"}
     if settings.FASTFLOW_CA_BUNDLE:
         env["SSL_CERT_FILE"] = settings.FASTFLOW_CA_BUNDLE
     steps = [[_uv(), "venv", "--quiet", str(path), "--python", sys.executable]]
