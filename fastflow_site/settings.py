@@ -131,28 +131,30 @@ TEMPLATES = [
 
 # --- database -------------------------------------------------------------------------
 DATABASE_URL = env_str("DATABASE_URL")
+_SQLITE_OPTIONS = {
+    # WAL lets the web process read while workers write; IMMEDIATE takes the write lock at
+    # BEGIN so two writers queue (up to `timeout` seconds) instead of failing mid-transaction.
+    "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    "transaction_mode": "IMMEDIATE",
+    "timeout": 30,
+}
 if DATABASE_URL:
     import dj_database_url
 
     try:
-        _db = dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)
+        _db = dj_database_url.parse(DATABASE_URL, conn_max_age=0 if DATABASE_URL.startswith("sqlite") else 60,
+                                    conn_health_checks=True)
     except Exception as exc:  # dj_database_url raises bare ValueErrors / KeyErrors
         raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
-    if _db["ENGINE"].endswith("postgresql"):
-        _db.setdefault("OPTIONS", {})
+    if _db["ENGINE"].endswith("sqlite3"):
+        _db["OPTIONS"] = dict(_SQLITE_OPTIONS)
     DATABASES = {"default": _db}
 else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": FASTFLOW_DATA_DIR / "fastflow.sqlite3",
-            "OPTIONS": {
-                # WAL lets the web process read while workers write; IMMEDIATE takes the
-                # write lock at BEGIN so two writers queue instead of failing mid-transaction.
-                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-                "transaction_mode": "IMMEDIATE",
-                "timeout": 30,
-            },
+            "OPTIONS": dict(_SQLITE_OPTIONS),
             "TEST": {"NAME": FASTFLOW_DATA_DIR / "test-fastflow.sqlite3"},
         }
     }

@@ -116,7 +116,12 @@ class Pipeline(models.Model):
         return ""
 
     def read_file(self, name, limit=200_000):
+        """A file of the pipeline's folder as text; None when absent or leading outside."""
+        from orchestrator.services import inside_pipelines_dir
+
         path = self.path / name
+        if not inside_pipelines_dir(path):
+            return None
         try:
             data = path.read_bytes()[:limit]
         except OSError:

@@ -86,7 +86,7 @@ def _scan(root: Path, report: SyncReport):
         if entry.name.startswith("."):
             report.skipped.append({"folder": entry.name, "reason": "hidden folder"})
             continue
-        if not PIPELINE_ID_RE.match(entry.name):
+        if not PIPELINE_ID_RE.fullmatch(entry.name):
             report.skipped.append({
                 "folder": entry.name,
                 "reason": "not a valid pipeline id (letters, digits, '_' and '-' only, at most 100)",
@@ -102,6 +102,11 @@ def _scan(root: Path, report: SyncReport):
         digest = hashlib.sha1("\n".join(stats).encode()).hexdigest()
         found.append(Found(entry.name, Path(entry.path), digest, sorted(json_files)))
     return found
+
+
+def inside_pipelines_dir(path: Path) -> bool:
+    """True when path, with every symlink resolved, stays inside the pipelines dir."""
+    return path.resolve().is_relative_to(Path(settings.FASTFLOW_PIPELINES_DIR).resolve())
 
 
 def _metadata_file(item: Found):
@@ -128,6 +133,8 @@ def _read(item: Found, row: Pipeline):
     row.synced_at = timezone.now()
     if error:
         row.spec_text, row.errors, row.warnings = "", [error], []
+    elif meta and not inside_pipelines_dir(item.path / meta):
+        row.spec_text, row.errors, row.warnings = "", [f"{meta} is a symlink leading outside the pipelines dir"], []
     elif meta:
         try:
             row.spec_text = (item.path / meta).read_text(encoding="utf-8")

@@ -79,7 +79,11 @@ class ExponentialBackoff(_Strict):
     multiplier: Number = Field(default=2, ge=1)
 
     def delay(self, n):
-        return float(min(self.initial_delay * self.multiplier ** (n - 1), self.max_delay))
+        try:
+            raw = self.initial_delay * self.multiplier ** (n - 1)
+        except OverflowError:  # a huge multiplier: the cap applies
+            raw = float("inf")
+        return float(min(raw, self.max_delay))
 
 
 class FixedDelay(_Strict):
@@ -118,7 +122,7 @@ class DownstreamTrigger(_Strict):
     @field_validator("pipeline")
     @classmethod
     def _valid_id(cls, value):
-        if not PIPELINE_ID_RE.match(value):
+        if not PIPELINE_ID_RE.fullmatch(value):
             raise ValueError(f"{value!r} is not a pipeline id")
         return value
 
@@ -158,7 +162,7 @@ class PipelineSpec(_Strict):
     @field_validator("default_env")
     @classmethod
     def _env_names(cls, value):
-        bad = [k for k in value if not ENV_NAME_RE.match(k)]
+        bad = [k for k in value if not ENV_NAME_RE.fullmatch(k)]
         if bad:
             raise ValueError(f"not valid environment variable names: {', '.join(map(repr, bad))}")
         return value
@@ -166,7 +170,7 @@ class PipelineSpec(_Strict):
     @field_validator("secrets")
     @classmethod
     def _secret_names(cls, value):
-        bad = [k for k in value if not ENV_NAME_RE.match(k)]
+        bad = [k for k in value if not ENV_NAME_RE.fullmatch(k)]
         if bad:
             raise ValueError(f"not valid secret names: {', '.join(map(repr, bad))}")
         return value
@@ -191,7 +195,7 @@ class PipelineSpec(_Strict):
     @field_validator("network_mode")
     @classmethod
     def _network(cls, value):
-        if value is not None and not re.match(r"^[A-Za-z0-9_.:-]+$", value):
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9_.:-]+", value):
             raise ValueError(f"{value!r} is not a Docker network mode")
         return value
 
@@ -199,6 +203,12 @@ class PipelineSpec(_Strict):
     def _consistent(self):
         if self.schedule_cron and self.schedule_interval_seconds:
             raise ValueError("set schedule_cron or schedule_interval_seconds, not both")
+        # A start or end without an offset is read in schedule_timezone.
+        zone = ZoneInfo(self.schedule_timezone)
+        for name in ("schedule_start", "schedule_end"):
+            value = getattr(self, name)
+            if value is not None and value.tzinfo is None:
+                object.__setattr__(self, name, value.replace(tzinfo=zone))
         if self.schedule_start and self.schedule_end and self.schedule_end <= self.schedule_start:
             raise ValueError("schedule_end must be after schedule_start")
         return self
@@ -233,6 +243,10 @@ def _drop_union_noise(loc):
     return tuple(p for p in loc if not (isinstance(p, str) and (p in noise or p.startswith("function-"))))
 
 
+def _reject_constant(name):
+    raise ValueError(f"{name} is not valid JSON (write a number)")
+
+
 def parse_spec(text, source="pipeline.json"):
     """Parse pipeline.json text. Never raises for bad input."""
     if text is None or not text.strip():
@@ -240,8 +254,10 @@ def parse_spec(text, source="pipeline.json"):
             spec=None, errors=[f"{source}: file is empty (write {{}} for no settings)"]
         )
     try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
+        raw = json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:
+        if not isinstance(exc, json.JSONDecodeError):
+            return ParseResult(spec=None, errors=[f"{source}: invalid JSON: {exc}"])
         return ParseResult(spec=None, errors=[f"{source}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"])
     if not isinstance(raw, dict):
         return ParseResult(spec=None, errors=[f"{source}: must be a JSON object, not {type(raw).__name__}"])

@@ -36,7 +36,7 @@ class Command(BaseCommand):
         parsed = {}
         for item in env:
             key, sep, value = item.partition("=")
-            if not sep or not ENV_NAME_RE.match(key):
+            if not sep or not ENV_NAME_RE.fullmatch(key):
                 raise CommandError(f"--env {item!r}: expected NAME=value with a valid variable name")
             parsed[key] = value
         try:
