@@ -67,6 +67,7 @@ class Run(models.Model):
     cpu_seconds = models.FloatField(null=True, blank=True)
     warnings = models.JSONField(default=list, blank=True)
     log_size = models.BigIntegerField(default=0)
+    heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="Last sign of life from its worker.")
     cancel_requested = models.BooleanField(default=False)
     retry_scheduled = models.BooleanField(default=False, help_text="A later attempt follows this one.")
 
