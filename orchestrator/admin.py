@@ -6,6 +6,7 @@ from django.db.models import Count, Q
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from orchestrator.models import OVERRIDABLE, Pipeline, SyncState
 from orchestrator.services import pipeline_sync
@@ -103,7 +104,7 @@ class PipelineAdmin(admin.ModelAdmin):
     @admin.display(description="status")
     def status_badge(self, obj):
         if obj.missing:
-            return format_html('<span style="color:#888;font-weight:bold">missing</span>')
+            return mark_safe('<span style="color:#888;font-weight:bold">missing</span>')
         if obj.all_errors:
             n = len(obj.all_errors)
             return format_html('<span style="background:#ba2121;color:#fff;padding:1px 6px;border-radius:8px" '
@@ -111,7 +112,7 @@ class PipelineAdmin(admin.ModelAdmin):
         if obj.warnings:
             return format_html('<span style="color:#b36b00" title="{}">valid, {} warning(s)</span>',
                                "; ".join(obj.warnings), len(obj.warnings))
-        return format_html('<span style="color:#2a7a2a">valid</span>')
+        return mark_safe('<span style="color:#2a7a2a">valid</span>')
 
     @admin.display(description="last run")
     def last_run(self, obj):
