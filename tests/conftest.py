@@ -78,3 +78,17 @@ def _isolated_data(tmp_path, settings, shared_cache):
     settings.FASTFLOW_ENV_CACHE_DIR = shared_cache / "envs"
     settings.FASTFLOW_UV_CACHE_DIR = shared_cache / "uv-cache"
     return data
+
+
+# Test files that CI runs a second time against PostgreSQL + Redis (`pytest -m production`).
+PRODUCTION_FILES = {
+    "test_run_outcomes.py", "test_retries.py", "test_concurrency.py", "test_workers.py",
+    "test_docker_executor.py", "test_logs_ws.py", "test_log_capture.py", "test_webhooks.py",
+    "test_schedules.py", "test_api.py", "test_downstream.py", "test_production.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in PRODUCTION_FILES:
+            item.add_marker(pytest.mark.production)
