@@ -111,3 +111,10 @@ def test_a_redelivered_task_does_not_run_twice(gallery, executor):
     size = run.log_path.stat().st_size
     assert run_execute(run_id=run.pk, executor=executor) is None
     assert run.log_path.stat().st_size == size
+
+
+def test_soft_limit_breach_is_a_warning_not_a_failure(gallery, executor):
+    run = execute("ram_limit_success", executor=executor, mem_soft_limit_override=50 * 2**20)
+    assert run.status == "succeeded"
+    assert len(run.warnings) == 1 and run.warnings[0].startswith("memory soft limit exceeded: peak ")
+    assert "warning: memory soft limit exceeded" in log_text(run)
