@@ -234,8 +234,19 @@ FASTFLOW_SYNC_INTERVAL = env_int("FASTFLOW_SYNC_INTERVAL", 10, minimum=1)
 FASTFLOW_ENCRYPTION_KEY = env_str("FASTFLOW_ENCRYPTION_KEY")
 FASTFLOW_GIT_URL = env_str("FASTFLOW_GIT_URL")
 FASTFLOW_GIT_BRANCH = env_str("FASTFLOW_GIT_BRANCH", "main")
+FASTFLOW_GIT_SUBDIR = env_str("FASTFLOW_GIT_SUBDIR").strip("/")
 FASTFLOW_GIT_TOKEN = env_str("FASTFLOW_GIT_TOKEN")
+FASTFLOW_GIT_SSH_KEY = env_str("FASTFLOW_GIT_SSH_KEY")
+FASTFLOW_GIT_SSH_KEY_SECRET = env_str("FASTFLOW_GIT_SSH_KEY_SECRET")
+FASTFLOW_GIT_WEBHOOK_SECRET = env_str("FASTFLOW_GIT_WEBHOOK_SECRET")
 FASTFLOW_GIT_SYNC_INTERVAL = env_int("FASTFLOW_GIT_SYNC_INTERVAL", 60, minimum=5)
+if FASTFLOW_GIT_SUBDIR and (".." in FASTFLOW_GIT_SUBDIR.split("/")):
+    raise ImproperlyConfigured("FASTFLOW_GIT_SUBDIR must be a path inside the repository")
+if FASTFLOW_GIT_SSH_KEY and not Path(FASTFLOW_GIT_SSH_KEY).is_file():
+    raise ImproperlyConfigured(f"FASTFLOW_GIT_SSH_KEY={FASTFLOW_GIT_SSH_KEY!r} is not a readable file")
+if FASTFLOW_GIT_URL:
+    # With Git sync the pipelines dir is the checkout (FASTFLOW_PIPELINES_DIR is not used).
+    FASTFLOW_PIPELINES_DIR = (FASTFLOW_DATA_DIR / "git" / "checkout" / FASTFLOW_GIT_SUBDIR).resolve()
 
 # --- serving -------------------------------------------------------------------------------
 FASTFLOW_HOST = env_str("FASTFLOW_HOST", "127.0.0.1")
