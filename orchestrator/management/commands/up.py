@@ -49,10 +49,13 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--no-workers", action="store_true", help="serve only (workers run elsewhere)")
+        parser.add_argument("--no-web", action="store_true", help="workers and dispatcher only (a worker host)")
 
     def handle(self, *args, **options):
         host, port = settings.FASTFLOW_HOST, settings.FASTFLOW_PORT
-        problem = _port_free(host, port)
+        if options["no_web"] and options["no_workers"]:
+            raise CommandError("--no-web and --no-workers together leave nothing to run")
+        problem = None if options["no_web"] else _port_free(host, port)
         if problem:
             raise CommandError(f"cannot listen on {host}:{port} ({problem}): set FASTFLOW_PORT or FASTFLOW_HOST")
         call_command("migrate", interactive=False, verbosity=0)
@@ -63,8 +66,10 @@ class Command(BaseCommand):
         call_command("check")
 
         manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
-        children = {"web": [sys.executable, "-m", "daphne", "-b", host, "-p", str(port), "--proxy-headers",
-                            "fastflow_site.asgi:application"]}
+        children = {}
+        if not options["no_web"]:
+            children["web"] = [sys.executable, "-m", "daphne", "-b", host, "-p", str(port), "--proxy-headers",
+                               "fastflow_site.asgi:application"]
         if not options["no_workers"]:
             children["workers"] = manage + ["qcluster"]
             children["dispatcher"] = manage + ["dispatcher"]
@@ -79,7 +84,8 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
-        self.stdout.write(self.style.SUCCESS(f"Fast-Flow is up: http://{host}:{port}/admin/  (Ctrl-C stops it)"))
+        where = "workers only" if options["no_web"] else f"http://{host}:{port}/admin/"
+        self.stdout.write(self.style.SUCCESS(f"Fast-Flow is up: {where}  (Ctrl-C stops it)"))
         exit_code = 0
         while stopping["signal"] is None:
             dead = [name for name, p in procs.items() if p.poll() is not None]
