@@ -171,10 +171,11 @@ class DockerExecutor(Executor):
         finally:
             self._remove(container)
 
-    def _follow(self, job: Job, container: str, setup_seconds: float) -> Outcome:
+    def _follow(self, job: Job, container: str, setup_seconds: float, *, start=True, elapsed=0.0) -> Outcome:
         stream = self.api.attach(container, stream=True, logs=True, demux=True)
-        self.api.start(container)
-        started = time.monotonic()
+        if start:
+            self.api.start(container)
+        started = time.monotonic() - elapsed
 
         def pump():
             try:
@@ -220,6 +221,42 @@ class DockerExecutor(Executor):
         outcome.warnings = soft_limit_warnings(job, outcome)
         return outcome
 
+    # --- recovery (used by the reconciler) --------------------------------------------------
+    def container_state(self, container_id):
+        """The engine's State of a container, or None when it no longer exists."""
+        try:
+            return self.api.inspect_container(container_id)["State"]
+        except docker_errors.NotFound:
+            return None
+
+    def reattach(self, job: Job, container_id: str, *, elapsed: float, seen: dict) -> Outcome:
+        """Follow a container whose worker died: the engine replays its output from the
+        start, so the lines already in the log file (`seen`, per stream) are skipped."""
+        job.log = _Resume(job.log, seen)
+        try:
+            return self._follow(job, container_id, setup_seconds=0.0, start=False, elapsed=elapsed)
+        except ENGINE_ERRORS as exc:
+            raise ExecutorError(f"Docker engine error: {exc}") from None
+        finally:
+            self._remove(container_id)
+
+    def remove(self, container_id):
+        self._remove(container_id)
+
+    def remove_orphans(self):
+        """Remove labelled containers whose run is final or unknown to this database."""
+        from runs.models import FINAL, Run
+
+        removed = []
+        for c in self.api.containers(all=True, filters={"label": LABEL_RUN}):
+            run_id = (c.get("Labels") or {}).get(LABEL_RUN, "")
+            status = Run.objects.filter(pk=int(run_id)).values_list("status", flat=True).first() \
+                if run_id.isdigit() else None
+            if status is None or status in FINAL:
+                self._remove(c["Id"])
+                removed.append(c["Id"][:12])
+        return removed
+
     def _kill(self, container):
         try:
             self.api.kill(container)
@@ -233,6 +270,33 @@ class DockerExecutor(Executor):
             pass
         except ENGINE_ERRORS as exc:
             log.warning("could not remove container %s: %s", container[:12], exc)
+
+
+class _Resume:
+    """A log writer that drops the first N complete lines of each stream (already written
+    before the worker died), then passes everything through."""
+
+    def __init__(self, log, seen):
+        self._log, self._skip, self._buf = log, dict(seen), {}
+
+    def write(self, stream, data):
+        n = self._skip.get(stream, 0)
+        if n <= 0:
+            return self._log.write(stream, data)
+        data = self._buf.pop(stream, b"") + data
+        while n > 0:
+            cut = data.find(b"\n")
+            if cut < 0:
+                self._buf[stream], self._skip[stream] = data, n
+                return None
+            data, n = data[cut + 1:], n - 1
+        self._skip[stream] = 0
+        if data:
+            self._log.write(stream, data)
+        return None
+
+    def __getattr__(self, name):
+        return getattr(self._log, name)
 
 
 class _Sampler(threading.Thread):

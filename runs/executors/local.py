@@ -181,6 +181,7 @@ class LocalExecutor(Executor):
             )
         except OSError as exc:
             raise ExecutorError(f"cannot start the pipeline process: {exc}") from None
+        job.on_started(container_id=f"pgid:{proc.pid}")  # lets the reconciler end an orphaned group
         started = time.monotonic()
         readers = [threading.Thread(target=self._pump, args=(proc.stdout, job, name), daemon=True)
                    for name in ("out",)] + [threading.Thread(target=self._pump, args=(proc.stderr, job, "err"), daemon=True)]
