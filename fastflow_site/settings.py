@@ -95,6 +95,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "ninja",  # serves the Swagger UI assets for /api/docs locally (no CDN)
     "django_q",
     "orchestrator",
     "runs",
@@ -229,6 +230,24 @@ FASTFLOW_DEFAULT_MEM_LIMIT = env_str("FASTFLOW_DEFAULT_MEM_LIMIT", "2g")
 FASTFLOW_DEFAULT_CPU_LIMIT = env_str("FASTFLOW_DEFAULT_CPU_LIMIT", "")
 
 FASTFLOW_SYNC_INTERVAL = env_int("FASTFLOW_SYNC_INTERVAL", 10, minimum=1)
+
+# --- reliability ---------------------------------------------------------------------------
+# A running run whose worker has not reported for this long is taken over by the reconciler.
+FASTFLOW_HEARTBEAT_TIMEOUT = env_int("FASTFLOW_HEARTBEAT_TIMEOUT", 30, minimum=2)
+# When the Docker engine is down: `fail` new runs at once (infrastructure), or `wait` for it.
+FASTFLOW_ENGINE_DOWN = env_choice("FASTFLOW_ENGINE_DOWN", "fail", ["fail", "wait"])
+# How long `up` lets in-flight runs finish on SIGTERM before handing them to the reconciler.
+FASTFLOW_SHUTDOWN_GRACE = env_int("FASTFLOW_SHUTDOWN_GRACE", 30, minimum=1)
+FASTFLOW_METRICS_TOKEN = env_str("FASTFLOW_METRICS_TOKEN")
+
+# --- triggers ------------------------------------------------------------------------------
+FASTFLOW_WEBHOOK_RATE = env_int("FASTFLOW_WEBHOOK_RATE", 60, minimum=1)  # per pipeline, per minute
+FASTFLOW_WEBHOOK_IP_RATE = env_int("FASTFLOW_WEBHOOK_IP_RATE", 300, minimum=1)  # per client IP, per minute
+FASTFLOW_WEBHOOK_MAX_BODY = env_int("FASTFLOW_WEBHOOK_MAX_BODY", 65536, minimum=1024)
+FASTFLOW_SCHEDULE_GRACE = env_int("FASTFLOW_SCHEDULE_GRACE", 60, minimum=1)
+FASTFLOW_SCHEDULE_CATCHUP_MAX = env_int("FASTFLOW_SCHEDULE_CATCHUP_MAX", 20, minimum=1)
+FASTFLOW_DOWNSTREAM_MAX_DEPTH = env_int("FASTFLOW_DOWNSTREAM_MAX_DEPTH", 10, minimum=1)
+FASTFLOW_BASE_URL = env_str("FASTFLOW_BASE_URL").rstrip("/")
 
 # --- secrets and git (later issues build on these) -------------------------------------
 FASTFLOW_ENCRYPTION_KEY = env_str("FASTFLOW_ENCRYPTION_KEY")

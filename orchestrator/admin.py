@@ -4,11 +4,13 @@ from django import forms
 from django.contrib import admin, messages
 from django.db.models import Count, Q
 from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from orchestrator.models import OVERRIDABLE, Pipeline, SyncState
+from orchestrator.models import OVERRIDABLE, ApiToken, NotificationChannel, Pipeline, SyncState
+from orchestrator.schedules import schedule_pause, schedule_resume, schedule_upcoming
 from orchestrator.services import pipeline_sync
 from orchestrator.spec import format_memory, parse_memory
 
@@ -58,19 +60,22 @@ def _show(field, value):
 class PipelineAdmin(admin.ModelAdmin):
     form = PipelineForm
     change_form_template = "admin/orchestrator/pipeline/change_form.html"
-    list_display = ["id", "name", "enabled_badge", "tag_list", "status_badge", "last_run", "success_rate"]
+    list_display = ["id", "name", "enabled_badge", "tag_list", "status_badge", "last_run", "success_rate",
+                    "schedule_state"]
     list_filter = ["missing"]
     search_fields = ["id", "name", "description"]
-    actions = ["run_now", "sync_now"]
+    actions = ["run_now", "sync_now", "pause_schedules", "resume_schedules"]
     readonly_fields = ["id", "name", "description", "tag_list", "metadata_file", "status_badge",
                        "problems", "effective_settings", "spec_view", "main_py", "requirements_txt",
-                       "synced_at", "first_seen_at"]
+                       "synced_at", "first_seen_at", "schedule_view", "notification_channels"]
     fieldsets = [
         (None, {"fields": ["id", "name", "description", "tag_list", "metadata_file", "status_badge",
                            "problems", "synced_at"]}),
         ("Effective settings (admin override > pipeline.json > global default)",
          {"fields": ["effective_settings"]}),
         ("Overrides", {"fields": [f"{f}_override" for f in OVERRIDABLE]}),
+        ("Schedule", {"fields": ["schedule_view"]}),
+        ("Notifications", {"fields": ["notification_channels"]}),
         ("Spec and code (read-only)", {"fields": ["spec_view", "main_py", "requirements_txt"]}),
     ]
 
@@ -109,9 +114,9 @@ class PipelineAdmin(admin.ModelAdmin):
             n = len(obj.all_errors)
             return format_html('<span style="background:#ba2121;color:#fff;padding:1px 6px;border-radius:8px" '
                                'title="{}">{} error{}</span>', "; ".join(obj.all_errors), n, "s" if n > 1 else "")
-        if obj.warnings:
+        if obj.all_warnings:
             return format_html('<span style="color:#b36b00" title="{}">valid, {} warning(s)</span>',
-                               "; ".join(obj.warnings), len(obj.warnings))
+                               "; ".join(obj.all_warnings), len(obj.all_warnings))
         return mark_safe('<span style="color:#2a7a2a">valid</span>')
 
     @admin.display(description="last run")
@@ -131,7 +136,7 @@ class PipelineAdmin(admin.ModelAdmin):
 
     @admin.display(description="errors and warnings")
     def problems(self, obj):
-        items = [("color:#ba2121", e) for e in obj.all_errors] + [("color:#b36b00", w) for w in obj.warnings]
+        items = [("color:#ba2121", e) for e in obj.all_errors] + [("color:#b36b00", w) for w in obj.all_warnings]
         if not items:
             return "none"
         return format_html("<ul style='margin:0'>{}</ul>",
@@ -189,9 +194,70 @@ class PipelineAdmin(admin.ModelAdmin):
         self.message_user(request, f"Synced: {len(report.created)} new, {len(report.updated)} updated, "
                                    f"{len(report.missing)} newly missing.")
 
+    # --- schedules ---------------------------------------------------------------------------
+    @admin.display(description="schedule")
+    def schedule_state(self, obj):
+        if obj.schedule is None:
+            return "-"
+        if obj.schedule_paused:
+            return mark_safe('<span style="color:#a36a00;font-weight:bold">paused</span>')
+        return f"next {obj.schedule_next_at:%Y-%m-%d %H:%M} UTC" if obj.schedule_next_at else "ended"
+
+    @admin.display(description="schedule")
+    def schedule_view(self, obj):
+        schedule = obj.schedule
+        if schedule is None:
+            return "none (set schedule_cron or schedule_interval_seconds in pipeline.json)"
+        fires = schedule_upcoming(pipeline=obj, n=5)
+        rows = format_html_join("", "<li>{} <span style='color:#777'>({} UTC)</span></li>",
+                                ((f.astimezone(schedule.zone).strftime("%a %Y-%m-%d %H:%M %Z"),
+                                  f.strftime("%Y-%m-%d %H:%M")) for f in fires))
+        state = "paused: does not fire (resuming skips the time spent paused)" if obj.schedule_paused else "active"
+        button = ("Resume schedule", "resume") if obj.schedule_paused else ("Pause schedule", "pause")
+        url = reverse(f"admin:orchestrator_pipeline_schedule_{button[1]}", args=[obj.pk])
+        return format_html(
+            "<p>{}; catch-up policy <code>{}</code>; <b>{}</b></p><p>Next {} fire times{}:</p><ol>{}</ol>"
+            '<button type="submit" class="button" formaction="{}" formmethod="post" formnovalidate>{}</button>',
+            schedule.describe(), obj.spec.schedule_catchup, state, len(fires),
+            " (once resumed)" if obj.schedule_paused else "", rows or "-", url, button[0])
+
+    @admin.display(description="channels")
+    def notification_channels(self, obj):
+        channels = NotificationChannel.objects.filter(Q(pipeline=obj) | Q(pipeline__isnull=True))
+        events = ("on_failure", "on_success", "on_recovery")
+        rows = format_html_join("", '<li><a href="{}">{}</a> ({}{}): {}</li>', (
+            (reverse("admin:orchestrator_notificationchannel_change", args=[c.pk]), c.name, c.kind,
+             "" if c.pipeline_id else ", global", ", ".join(e[3:] for e in events if getattr(c, e)) or "nothing")
+            for c in channels if c.enabled))
+        add = reverse("admin:orchestrator_notificationchannel_add") + f"?pipeline={obj.pk}"
+        return format_html('<ul style="margin:0">{}</ul><a href="{}">Add a channel for this pipeline</a>',
+                           rows or format_html("<li>{}</li>", "none"), add)
+
+    @admin.action(description="Pause schedules")
+    def pause_schedules(self, request, queryset):
+        for pipeline in queryset:
+            schedule_pause(pipeline=pipeline)
+        self.message_user(request, f"Paused the schedule of {len(queryset)} pipeline(s); syncs keep it paused.")
+
+    @admin.action(description="Resume schedules")
+    def resume_schedules(self, request, queryset):
+        for pipeline in queryset:
+            schedule_resume(pipeline=pipeline)
+        self.message_user(request, f"Resumed the schedule of {len(queryset)} pipeline(s).")
+
+    def schedule_view_action(self, request, object_id, action):
+        pipeline = get_object_or_404(Pipeline, pk=object_id)
+        if request.method == "POST" and self.has_change_permission(request, pipeline):
+            getattr(self, f"{action}_schedules")(request, Pipeline.objects.filter(pk=pipeline.pk))
+        return redirect("admin:orchestrator_pipeline_change", object_id)
+
     def get_urls(self):
-        return [path("<path:object_id>/run/", self.admin_site.admin_view(self.run_view),
-                     name="orchestrator_pipeline_run")] + super().get_urls()
+        view = self.admin_site.admin_view
+        return [path("<path:object_id>/run/", view(self.run_view), name="orchestrator_pipeline_run"),
+                path("<path:object_id>/schedule/pause/", view(self.schedule_view_action), {"action": "pause"},
+                     name="orchestrator_pipeline_schedule_pause"),
+                path("<path:object_id>/schedule/resume/", view(self.schedule_view_action), {"action": "resume"},
+                     name="orchestrator_pipeline_schedule_resume")] + super().get_urls()
 
     def run_view(self, request, object_id):
         pipeline = get_object_or_404(Pipeline, pk=object_id)
@@ -199,3 +265,84 @@ class PipelineAdmin(admin.ModelAdmin):
             return redirect("admin:orchestrator_pipeline_change", object_id)
         self.run_now(request, Pipeline.objects.filter(pk=pipeline.pk))
         return redirect("admin:orchestrator_pipeline_change", object_id)
+
+
+
+@admin.register(NotificationChannel)
+class NotificationChannelAdmin(admin.ModelAdmin):
+    list_display = ["name", "kind", "scope", "enabled", "on_failure", "on_success", "on_recovery",
+                    "last_notified_at", "last_error_short"]
+    list_filter = ["kind", "enabled"]
+    fields = ["name", "kind", "target", "pipeline", "enabled", "on_failure", "on_success", "on_recovery",
+              "last_notified_at", "last_error"]
+    readonly_fields = ["last_notified_at", "last_error"]
+
+    @admin.display(description="pipeline")
+    def scope(self, obj):
+        return obj.pipeline_id or "all pipelines"
+
+    @admin.display(description="last error")
+    def last_error_short(self, obj):
+        return (obj.last_error[:80] + "…") if len(obj.last_error) > 80 else (obj.last_error or "-")
+
+
+class ApiTokenForm(forms.ModelForm):
+    class Meta:
+        model = ApiToken
+        fields = ["user", "name"]
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Tokens are made here (the raw token is shown once, on the page after "Save") and
+    revoked with the action; they are never edited."""
+
+    form = ApiTokenForm
+    list_display = ["hint_label", "user", "name", "created_at", "last_used_at", "active"]
+    list_filter = ["revoked_at"]
+    search_fields = ["user__username", "name", "hint"]
+    actions = ["revoke"]
+    readonly_fields = ["hint_label", "created_at", "last_used_at", "revoked_at"]
+
+    def get_fields(self, request, obj=None):
+        return ["user", "name"] if obj is None else ["user", "name", "hint_label", "created_at", "last_used_at",
+                                                     "revoked_at"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.readonly_fields if obj is None else ["user", *self.readonly_fields]
+
+    @admin.display(description="token")
+    def hint_label(self, obj):
+        return f"{obj.hint}…"
+
+    @admin.display(description="active", boolean=True)
+    def active(self, obj):
+        return obj.is_active
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            obj.save(update_fields=["name"])
+            return
+        token, raw = ApiToken.issue(user=form.cleaned_data["user"], name=form.cleaned_data["name"])
+        obj.pk, obj.hint, obj.token_hash, obj.created_at = token.pk, token.hint, token.token_hash, token.created_at
+        request._fastflow_raw_token = raw
+
+    def response_add(self, request, obj, post_url_continue=None):
+        """Show the raw token once, on its own page (never in a message cookie or a log)."""
+        raw = getattr(request, "_fastflow_raw_token", None)
+        if raw is None:
+            return super().response_add(request, obj, post_url_continue)
+        context = {**self.admin_site.each_context(request), "title": "API token created", "token": obj,
+                   "raw_token": raw, "opts": self.model._meta,
+                   "changelist_url": reverse("admin:orchestrator_apitoken_changelist")}
+        response = TemplateResponse(request, "admin/orchestrator/apitoken/created.html", context)
+        response["Cache-Control"] = "no-store"
+        return response
+
+    @admin.action(description="Revoke selected tokens")
+    def revoke(self, request, queryset):
+        n = 0
+        for token in queryset.filter(revoked_at__isnull=True):
+            token.revoke()
+            n += 1
+        self.message_user(request, f"Revoked {n} token(s).")

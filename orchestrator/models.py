@@ -1,10 +1,16 @@
+import hashlib
+import secrets
+from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import URLValidator, validate_email
 from django.db import models
 from django.utils import timezone
 
+from orchestrator.notifications import KIND_CHOICES
 from orchestrator.spec import PipelineSpec, parse_memory, parse_spec
 
 # Fields whose effective value is: admin override > pipeline.json > global default.
@@ -36,6 +42,8 @@ class Pipeline(models.Model):
     errors = models.JSONField(default=list, blank=True)
     warnings = models.JSONField(default=list, blank=True)
     conflicts = models.JSONField(default=list, blank=True, help_text="Errors that involve other pipelines.")
+    cross_warnings = models.JSONField(default=list, blank=True,
+                                      help_text="Warnings that involve other pipelines (downstream cycles).")
     webhook_key = models.CharField(max_length=200, blank=True, db_index=True)
     has_requirements = models.BooleanField(default=False)
     fingerprint = models.CharField(max_length=64, blank=True)
@@ -51,6 +59,14 @@ class Pipeline(models.Model):
     cpu_soft_limit_override = models.FloatField(null=True, blank=True, help_text="Cores")
     mem_soft_limit_override = models.BigIntegerField(null=True, blank=True, help_text="Bytes")
     timeout_override = models.PositiveIntegerField(null=True, blank=True, help_text="Seconds, 0 = none")
+
+    # Scheduler state. pipeline.json defines the schedule; these columns are not spec fields,
+    # so a sync never touches them (a pause survives any later sync).
+    schedule_paused = models.BooleanField(default=False, help_text="Paused in the admin: the schedule does not fire.")
+    schedule_next_at = models.DateTimeField(null=True, blank=True, db_index=True,
+                                            help_text="The next fire time not yet handled.")
+    schedule_key = models.CharField(max_length=500, blank=True,
+                                    help_text="The schedule definition schedule_next_at was computed for.")
 
     class Meta:
         ordering = ["id"]
@@ -73,6 +89,17 @@ class Pipeline(models.Model):
     @property
     def all_errors(self):
         return list(self.errors) + list(self.conflicts)
+
+    @property
+    def all_warnings(self):
+        return list(self.warnings) + list(self.cross_warnings)
+
+    @property
+    def schedule(self):
+        """The typed schedule (orchestrator.schedules.Schedule), or None."""
+        from orchestrator.schedules import Schedule
+
+        return Schedule.from_spec(self.spec)
 
     @property
     def path(self) -> Path:
@@ -140,3 +167,106 @@ class SyncState(models.Model):
     def load(cls):
         obj, _ = cls.objects.get_or_create(pk=1)
         return obj
+
+
+class ApiToken(models.Model):
+    """A bearer token for the REST API (and the log websocket). Only the sha256 of the token
+    is stored; the token itself is shown once, when it is made. Looking a token up by its
+    hash is safe against timing attacks: the token is 256 random bits, so learning a prefix
+    of its hash tells nothing about any other valid token."""
+
+    PREFIX = "ff_"
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, blank=True, help_text="What the token is for, e.g. \"CI deploys\".")
+    hint = models.CharField(max_length=16, editable=False, help_text="The first characters, to recognise it.")
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API token"
+
+    def __str__(self):
+        return f"{self.hint}… ({self.user})"
+
+    @staticmethod
+    def _hash(raw):
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+    @classmethod
+    def issue(cls, *, user, name=""):
+        """(token row, raw token). The raw token is not stored anywhere: show it once."""
+        raw = cls.PREFIX + secrets.token_urlsafe(32)
+        token = cls.objects.create(user=user, name=name[:100], hint=raw[:10], token_hash=cls._hash(raw))
+        return token, raw
+
+    @classmethod
+    def authenticate(cls, raw):
+        """The active user a raw token belongs to, or None (unknown, revoked, inactive user)."""
+        if not raw or len(raw) > 200:
+            return None
+        token = (cls.objects.select_related("user")
+                 .filter(token_hash=cls._hash(raw), revoked_at__isnull=True, user__is_active=True).first())
+        if token is None:
+            return None
+        now = timezone.now()
+        if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
+            cls.objects.filter(pk=token.pk).update(last_used_at=now)  # at most one write a minute
+        return token.user
+
+    @property
+    def is_active(self):
+        return self.revoked_at is None
+
+    def revoke(self):
+        if ApiToken.objects.filter(pk=self.pk, revoked_at__isnull=True).update(revoked_at=timezone.now()):
+            self.refresh_from_db()
+
+
+class NotificationChannel(models.Model):
+    """Where run notifications go. A channel with no pipeline is global (every pipeline).
+    `kind` picks a transport from orchestrator.notifications.TRANSPORTS."""
+
+    name = models.CharField(max_length=100)
+    kind = models.CharField(max_length=20, choices=KIND_CHOICES)
+    target = models.CharField(max_length=2000, help_text="An https:// URL (webhook, Slack, Teams) or e-mail "
+                                                         "addresses, comma-separated (email).")
+    pipeline = models.ForeignKey(Pipeline, null=True, blank=True, on_delete=models.CASCADE,
+                                 related_name="notification_channels", help_text="Empty: every pipeline.")
+    enabled = models.BooleanField(default=True)
+    on_failure = models.BooleanField(default=True, help_text="A run failed and no retry follows.")
+    on_success = models.BooleanField(default=False, help_text="Every successful run.")
+    on_recovery = models.BooleanField(default=False, help_text="A success after a final failure.")
+    last_notified_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_error = models.TextField(blank=True, editable=False, help_text="Why the last delivery failed, if it did.")
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return f"{self.name} ({self.kind})"
+
+    def clean(self):
+        target = (self.target or "").strip()
+        if self.kind == "email":
+            for address in filter(None, (a.strip() for a in target.split(","))):
+                validate_email(address)
+            if not target.strip(", "):
+                raise ValidationError({"target": "give at least one e-mail address"})
+        else:
+            try:
+                URLValidator(schemes=["http", "https"])(target)
+            except ValidationError:
+                raise ValidationError({"target": "give the http(s) URL of the webhook"}) from None
+        self.target = target
+
+    def wants(self, event):
+        return {"failure": self.on_failure, "success": self.on_success,
+                "recovery": self.on_recovery or self.on_success}[event]
+
+    def transport(self):
+        from orchestrator.notifications import transport_class
+
+        return transport_class(self.kind)(self)

@@ -6,7 +6,8 @@
 2. read and parse only the folders whose fingerprint changed (or that are new);
 3. create, update, or mark missing, in one transaction of bulk writes;
 4. when anything changed, recompute the errors that involve several pipelines
-   (duplicate webhook keys).
+   (duplicate webhook keys) and the warnings that do (downstream trigger cycles, unknown
+   downstream pipelines), and restart the schedules whose definition changed.
 A re-sync where nothing changed is one directory scan plus one query.
 """
 
@@ -22,6 +23,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from orchestrator.models import Pipeline, SyncState
+from orchestrator.schedules import schedules_refresh
 from orchestrator.spec import PIPELINE_ID_RE, parse_spec
 
 log = logging.getLogger("fastflow.discovery")
@@ -179,6 +181,86 @@ def _recompute_conflicts():
     Pipeline.objects.bulk_update(changed, ["conflicts"], batch_size=500)
 
 
+def _cycles(graph):
+    """Strongly connected components that hold a cycle (Tarjan, iterative)."""
+    index, low, on_stack, stack, found = {}, {}, set(), [], []
+    counter = 0
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(graph[root]))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in graph:
+                    continue
+                if child not in index:
+                    index[child] = low[child] = counter
+                    counter += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(graph[child])))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1 or node in graph[node]:
+                    found.append(set(component))
+    return found
+
+
+def _cycle_through(graph, start, members):
+    """One shortest cycle start -> ... -> start inside a component (breadth first)."""
+    paths, seen = [[start]], {start}
+    while paths:
+        path = paths.pop(0)
+        for child in sorted(graph[path[-1]]):
+            if child == start:
+                return path + [start]
+            if child in members and child not in seen:
+                seen.add(child)
+                paths.append(path + [child])
+    return [start, start]
+
+
+def _recompute_downstream_warnings():
+    """Warn on every pipeline in a downstream cycle, and on triggers naming no pipeline.
+    Runs only after a sync that changed something; it parses each spec once."""
+    rows = list(Pipeline.objects.filter(missing=False).only("id", "metadata_file", "spec_text", "cross_warnings"))
+    graph = {row.id: {t.pipeline for t in row.spec.downstream_triggers if t.on_success or t.on_failure}
+             for row in rows}
+    warnings = defaultdict(list)
+    for members in _cycles(graph):
+        for pid in sorted(members):
+            path = " → ".join(_cycle_through(graph, pid, members))
+            warnings[pid].append(f"downstream_triggers form a cycle ({path}): a chain stops after "
+                                 f"FASTFLOW_DOWNSTREAM_MAX_DEPTH runs")
+    for pid, targets in graph.items():
+        for target in sorted(targets - set(graph)):
+            warnings[pid].append(f"downstream_triggers: no pipeline {target!r}")
+    changed = []
+    for row in rows:
+        if warnings.get(row.id, []) != row.cross_warnings:
+            row.cross_warnings = warnings.get(row.id, [])
+            changed.append(row)
+    Pipeline.objects.bulk_update(changed, ["cross_warnings"], batch_size=500)
+
+
 def pipeline_sync(*, root: Path | None = None) -> SyncReport:
     root = Path(root or settings.FASTFLOW_PIPELINES_DIR)
     report = SyncReport()
@@ -211,6 +293,8 @@ def pipeline_sync(*, root: Path | None = None) -> SyncReport:
             report.missing = gone
         if report.changed:
             _recompute_conflicts()
+            _recompute_downstream_warnings()
+            schedules_refresh(pipeline_ids=report.created + report.updated + report.missing)
         state = SyncState.load()
         if report.changed or state.skipped != report.skipped or state.last_sync_at is None:
             state.skipped = report.skipped

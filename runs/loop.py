@@ -1,8 +1,12 @@
 """The dispatcher loop: the one long-running loop besides the q2 cluster.
 
-Each `step()` hands free slots to due runs (new ones, and retries whose delay is over) and,
-every FASTFLOW_SYNC_INTERVAL seconds, re-syncs the pipelines dir (cheap when unchanged).
-Tests call `step()` directly; `manage.py dispatcher` calls it forever.
+Each `step()`:
+1. fires due schedules (queues their runs, due at their fire times);
+2. hands free slots to due runs (new ones, scheduled ones, and retries whose delay is over);
+3. every FASTFLOW_SYNC_INTERVAL seconds, re-syncs the pipelines dir (cheap when unchanged).
+The first step also (re)starts every schedule whose definition changed while the loop was
+down. Ticking every 0.5 s, a scheduled run is enqueued within about half a second of its
+fire time. Tests call `step()` directly; `manage.py dispatcher` calls it forever.
 """
 
 import logging
@@ -11,6 +15,7 @@ import time
 from django.conf import settings
 from django.db import close_old_connections
 
+from orchestrator.schedules import schedules_fire, schedules_refresh
 from orchestrator.services import pipeline_sync
 from runs.services import runs_dispatch
 
@@ -21,9 +26,14 @@ class Dispatcher:
     def __init__(self, interval=0.5):
         self.interval = interval
         self._next_sync = 0.0
+        self._refreshed = False
         self.stopping = False
 
     def step(self, now=None):
+        if not self._refreshed:
+            schedules_refresh(now=now)
+            self._refreshed = True
+        schedules_fire(now=now)
         dispatched = runs_dispatch(now=now)
         if time.monotonic() >= self._next_sync:
             self._next_sync = time.monotonic() + settings.FASTFLOW_SYNC_INTERVAL

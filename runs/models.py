@@ -33,6 +33,15 @@ class Trigger(models.TextChoices):
     DOWNSTREAM = "downstream"
 
 
+class Catchup(models.TextChoices):
+    """How a scheduled run came about after missed fire times ("" = on time)."""
+
+    ON_TIME = "", "on time"
+    LATEST = "latest"
+    NONE = "none"
+    ALL = "all"
+
+
 class Run(models.Model):
     """One execution attempt of a pipeline. A retry is a new Run (attempt n+1, retry_of the
     first attempt). Outcomes are written with conditional updates, never by saving a stale
@@ -49,6 +58,15 @@ class Run(models.Model):
     triggered_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     env = models.JSONField(default=dict, blank=True, help_text="Trigger-time env (never secrets).")
     params = models.JSONField(default=dict, blank=True)
+    chain_depth = models.PositiveIntegerField(default=0, help_text="Downstream runs between this run and its origin.")
+    idempotency_key = models.CharField(max_length=200, blank=True,
+                                       help_text="Idempotency-Key of the webhook delivery that made it (24 h).")
+    scheduled_for = models.DateTimeField(null=True, blank=True, help_text="The fire time of a scheduled run.")
+    catchup = models.CharField(max_length=8, choices=Catchup.choices, blank=True,
+                               help_text="The catch-up policy that queued it after missed fire times.")
+    catchup_from = models.DateTimeField(null=True, blank=True,
+                                        help_text="The first missed fire time of the window it caught up.")
+    followed_up = models.BooleanField(default=False, help_text="Downstream triggers and notifications done.")
 
     queued_at = models.DateTimeField(default=timezone.now, db_index=True)
     due_at = models.DateTimeField(default=timezone.now, db_index=True)
@@ -74,6 +92,8 @@ class Run(models.Model):
     class Meta:
         ordering = ["-id"]
         indexes = [models.Index(fields=["status", "due_at"]), models.Index(fields=["pipeline", "-id"])]
+        constraints = [models.UniqueConstraint(fields=["pipeline", "idempotency_key"],
+                                               condition=~models.Q(idempotency_key=""), name="run_idempotency_key")]
 
     def __str__(self):
         return f"run {self.pk} of {self.pipeline_id}"

@@ -10,17 +10,24 @@ Life of a run:
    outcome with a conditional update.
 4. A failed attempt with attempts left schedules a new Run due later; waiting holds no
    worker and no slot, because only due runs are dispatched.
+5. After the final attempt (a success, a cancel, or a failure with no retry to follow),
+   `after_final` follows up once: downstream triggers, then notifications (queued as a
+   q2 task, so delivery is outside the worker's critical path).
 """
 
+import json
 import logging
 from collections import Counter
 from datetime import timedelta
+from typing import Annotated, Any
 
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, StringConstraints, field_validator, model_validator
 
+from orchestrator.spec import ENV_NAME_RE
 from runs.executors import ExecutorError, Job, Outcome, get_executor, resolve_kind
 from runs.logs import LogWriter
 from runs.models import FINAL, DispatchLock, Reason, Run, Status, Trigger
@@ -32,22 +39,92 @@ class RunRefused(Exception):
     """The pipeline cannot run now (invalid, disabled, missing)."""
 
 
+class InvalidInput(RunRefused):
+    """The trigger-time input cannot be accepted (a reserved or secret env name)."""
+
+
+MAX_INPUT_BYTES = 64 * 1024  # env and params together, as JSON
+MAX_ENV_VARS = 100
+RESERVED_PREFIX = "FASTFLOW_"
+
+
+# The same rules as the validator below, for the OpenAPI schema (and so for API clients).
+ENV_NAME_PATTERN = r"^(?!FASTFLOW_)[A-Za-z_][A-Za-z0-9_]{0,199}$"
+ENV_VALUE_PATTERN = r"^[^\x00]*$"
+EnvName = Annotated[str, StringConstraints(strict=True, pattern=ENV_NAME_PATTERN)]
+EnvValue = Annotated[str, StringConstraints(strict=True, max_length=MAX_INPUT_BYTES, pattern=ENV_VALUE_PATTERN)]
+
+
+def _env_schema(schema):
+    """pydantic writes patternProperties, which lets other names through; say it exactly."""
+    schema.pop("patternProperties", None)
+    schema["propertyNames"] = {"pattern": ENV_NAME_PATTERN}
+    schema["additionalProperties"] = {"type": "string", "maxLength": MAX_INPUT_BYTES, "pattern": ENV_VALUE_PATTERN}
+
+
+class RunInput(BaseModel):
+    """Trigger-time input: `env` reaches the run as environment variables, `params` as JSON
+    in FASTFLOW_PARAMS. Both are stored on the run (secrets cannot be passed this way)."""
+
+    model_config = ConfigDict(extra="forbid", regex_engine="python-re")
+    env: dict[EnvName, EnvValue] = Field(default_factory=dict, max_length=MAX_ENV_VARS, json_schema_extra=_env_schema,
+                                         description="Environment variables for the run.")
+    params: dict[StrictStr, Any] = Field(default_factory=dict, description="Any JSON object; FASTFLOW_PARAMS.")
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_names(cls, value):
+        """Readable reasons first; the annotated types above then check the same again."""
+        if not isinstance(value, dict):
+            return value
+        if len(value) > MAX_ENV_VARS:
+            raise ValueError(f"at most {MAX_ENV_VARS} variables")
+        bad = [k for k in value if not isinstance(k, str) or not ENV_NAME_RE.fullmatch(k) or len(k) > 200]
+        if bad:
+            raise ValueError("not valid environment variable names (letters, digits and _, not starting with a "
+                             f"digit): {', '.join(map(repr, bad[:5]))}")
+        reserved = [k for k in value if k.startswith(RESERVED_PREFIX)]
+        if reserved:
+            raise ValueError(f"names starting with {RESERVED_PREFIX} are reserved: {', '.join(reserved[:5])}")
+        if any(isinstance(v, str) and "\x00" in v for v in value.values()):
+            raise ValueError("values cannot contain NUL characters")
+        return value
+
+    @model_validator(mode="after")
+    def _size(self):
+        size = len(json.dumps(self.env)) + len(json.dumps(self.params))
+        if size > MAX_INPUT_BYTES:
+            raise ValueError(f"env and params take {size} bytes as JSON; the limit is {MAX_INPUT_BYTES}")
+        return self
+
+
 def _now():
     return timezone.now()
 
 
+def _check_env(pipeline, env):
+    secret = sorted(set(env) & set(pipeline.spec.secrets))
+    if secret:
+        raise InvalidInput(f"{', '.join(secret)}: secret(s) of {pipeline.id}; set them as secrets, not as "
+                           "trigger input (trigger input is stored on the run)")
+
+
 def run_trigger(*, pipeline, trigger, env=None, params=None, user=None, caused_by=None,
-                retry_of=None, attempt=1, due_at=None, dispatch=True) -> Run:
+                retry_of=None, attempt=1, due_at=None, dispatch=True, chain_depth=0,
+                idempotency_key="", scheduled_for=None, catchup="", catchup_from=None) -> Run:
     """Queue a run. With dispatch=False the caller executes it itself (the CLI's --wait):
     the row is born dispatched, so no worker takes it, and it still counts against limits."""
     if not pipeline.runnable:
         raise RunRefused(pipeline.why_not_runnable())
+    _check_env(pipeline, env or {})
     now = _now()
     run = Run.objects.create(
         pipeline=pipeline, trigger=trigger, env=env or {}, params=params or {},
         triggered_by=user if user and user.is_authenticated else None,
         caused_by=caused_by, retry_of=retry_of, attempt=attempt,
         queued_at=now, due_at=due_at or now, dispatched_at=None if dispatch else now,
+        chain_depth=chain_depth, idempotency_key=idempotency_key, scheduled_for=scheduled_for,
+        catchup=catchup, catchup_from=catchup_from,
     )
     if dispatch:
         transaction.on_commit(runs_dispatch)
@@ -92,7 +169,13 @@ def _job_env(run: Run):
         "FASTFLOW_RUN_ID": str(run.pk),
         "FASTFLOW_PIPELINE": pipeline.id,
         "FASTFLOW_ATTEMPT": str(run.attempt),
+        "FASTFLOW_TRIGGER": run.trigger,
+        "FASTFLOW_PARAMS": json.dumps(run.params),
     })
+    if run.scheduled_for:
+        env["FASTFLOW_SCHEDULED_FOR"] = run.scheduled_for.isoformat()
+    if run.caused_by_id:
+        env["FASTFLOW_CAUSED_BY"] = str(run.caused_by_id)
     return env
 
 
@@ -146,10 +229,63 @@ def run_execute(*, run_id, executor=None) -> Run | None:
 
 
 def after_final(*, run: Run):
-    """What follows a final attempt state: a retry when attempts are left; then free the slot."""
+    """What follows a final attempt state: a retry when attempts are left; else, once, the
+    follow-ups of a final attempt (downstream triggers, notifications); then free the slot."""
     if run.status == Status.FAILED and run.attempt <= run.pipeline.spec.retry_attempts:
         _schedule_retry(run=run)
+    run.refresh_from_db(fields=["retry_scheduled", "followed_up", "warnings"])
+    if run.is_final and not run.retry_scheduled:
+        try:
+            _follow_up(run=run)
+        except Exception:  # the run's outcome stands whatever happens here; the cause is logged
+            log.exception("run %s: follow-up (downstream triggers, notifications) failed", run.pk)
     runs_dispatch()
+
+
+def downstream_max_depth():
+    """How many downstream runs may follow one another before a chain stops (cycles)."""
+    return getattr(settings, "FASTFLOW_DOWNSTREAM_MAX_DEPTH", 10)
+
+
+def _follow_up(*, run: Run):
+    from orchestrator.notifications import notifications_enqueue
+
+    if not Run.objects.filter(pk=run.pk, followed_up=False).update(followed_up=True):
+        return  # done already (a redelivered finish)
+    run_downstream(run=run)
+    notifications_enqueue(run=run)
+
+
+def run_downstream(*, run: Run) -> list[Run]:
+    """Trigger the pipelines named by `downstream_triggers` for this final outcome. A trigger
+    that cannot fire (depth limit, unknown or unrunnable pipeline) is a warning on the run."""
+    from orchestrator.models import Pipeline
+
+    wanted = [t for t in run.pipeline.spec.downstream_triggers
+              if (t.on_success and run.status == Status.SUCCEEDED) or (t.on_failure and run.status == Status.FAILED)]
+    depth, limit = run.chain_depth + 1, downstream_max_depth()
+    started, warnings = [], []
+    for item in wanted:
+        if depth > limit:
+            warnings.append(f"downstream {item.pipeline!r} not triggered: the chain reached the depth limit "
+                            f"of {limit} runs (FASTFLOW_DOWNSTREAM_MAX_DEPTH); is there a cycle?")
+            continue
+        target = Pipeline.objects.filter(pk=item.pipeline).first()
+        try:
+            if target is None:
+                raise RunRefused(f"no pipeline {item.pipeline!r}")
+            started.append(run_trigger(pipeline=target, trigger=Trigger.DOWNSTREAM, caused_by=run,
+                                       chain_depth=depth))
+        except RunRefused as exc:
+            warnings.append(f"downstream {item.pipeline!r} not triggered: {exc}")
+    if warnings:
+        for warning in warnings:
+            log.warning("run %s: %s", run.pk, warning)
+        run.record(warnings=list(run.warnings) + warnings)
+    if started:
+        log.info("run %s %s: triggered downstream %s", run.pk, run.status,
+                 ", ".join(f"{r.pipeline_id} (run {r.pk})" for r in started))
+    return started
 
 
 def _schedule_retry(*, run: Run):
@@ -160,7 +296,8 @@ def _schedule_retry(*, run: Run):
         retry = Run.objects.create(
             pipeline=run.pipeline, trigger=Trigger.RETRY, env=run.env, params=run.params,
             retry_of_id=run.root_id, caused_by=run.caused_by, attempt=run.attempt + 1,
-            triggered_by=run.triggered_by, due_at=_now() + timedelta(seconds=delay),
+            triggered_by=run.triggered_by, due_at=_now() + timedelta(seconds=delay), chain_depth=run.chain_depth,
+            scheduled_for=run.scheduled_for, catchup=run.catchup, catchup_from=run.catchup_from,
         )
     log.info("run %s failed; attempt %s due in %.1f s as run %s", run.pk, retry.attempt, delay, retry.pk)
     return retry
@@ -187,4 +324,5 @@ def run_retry(*, run: Run, user=None) -> Run:
     return run_trigger(
         pipeline=run.pipeline, trigger=Trigger.RETRY, env=run.env, params=run.params, user=user,
         retry_of=Run(pk=run.root_id), attempt=last.attempt + 1, caused_by=run.caused_by,
+        chain_depth=run.chain_depth,
     )

@@ -24,8 +24,6 @@ from django.core.management.base import BaseCommand, CommandError
 
 from orchestrator.services import pipeline_sync
 
-GRACE_SECONDS = 15
-
 
 def _port_free(host, port):
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
@@ -104,7 +102,7 @@ class Command(BaseCommand):
         for p in procs.values():
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)  # the leader stops its own children (q2 workers)
-        deadline = time.monotonic() + GRACE_SECONDS
+        deadline = time.monotonic() + settings.FASTFLOW_SHUTDOWN_GRACE  # in-flight runs may finish
         for p in procs.values():
             try:
                 p.wait(max(0.1, deadline - time.monotonic()))
