@@ -3,6 +3,7 @@ from django.http import JsonResponse
 from django.urls import path, re_path
 
 from fastflow_site.api import api
+from runs import health
 
 
 def api_not_found(request, rest=""):
@@ -11,6 +12,9 @@ def api_not_found(request, rest=""):
 
 
 urlpatterns = [
+    path("healthz", health.healthz),
+    path("readyz", health.readyz),
+    path("metrics", health.metrics),
     path("admin/", admin.site.urls),
     path("api/", api.urls),
     re_path(r"^api/(?P<rest>.*)$", api_not_found),

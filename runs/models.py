@@ -147,3 +147,11 @@ class DispatchLock(models.Model):
     writers already (transaction_mode IMMEDIATE)."""
 
     id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+
+
+class Lease(models.Model):
+    """A named, expiring lease: the holder acts alone until `expires_at` (the reconciler)."""
+
+    name = models.CharField(primary_key=True, max_length=50)
+    holder = models.CharField(max_length=200)
+    expires_at = models.DateTimeField()

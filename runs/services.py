@@ -17,6 +17,8 @@ Life of a run:
 
 import json
 import logging
+import socket
+import time
 from collections import Counter
 from datetime import timedelta
 from typing import Annotated, Any
@@ -29,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, StringConstraints,
 
 from orchestrator.spec import ENV_NAME_RE
 from runs.executors import ExecutorError, Job, Outcome, get_executor, resolve_kind
+from runs.executors.base import exit_outcome
 from runs.logs import LogWriter
 from runs.models import FINAL, DispatchLock, Reason, Run, Status, Trigger
 
@@ -136,6 +139,8 @@ def runs_dispatch(*, now=None) -> list[int]:
     from django_q.tasks import async_task
 
     now = now or _now()
+    if _waiting_for_engine():
+        return []
     with transaction.atomic():
         DispatchLock.objects.select_for_update().get_or_create(pk=1)
         active = Run.objects.filter(Q(status=Status.RUNNING) | Q(status=Status.QUEUED, dispatched_at__isnull=False))
@@ -161,6 +166,16 @@ def runs_dispatch(*, now=None) -> list[int]:
     return chosen
 
 
+def _waiting_for_engine():
+    """FASTFLOW_ENGINE_DOWN=wait with the docker executor: while no engine answers, runs stay
+    queued (nothing is dispatched) and go as soon as it is back, with no restart."""
+    if settings.FASTFLOW_ENGINE_DOWN != "wait" or settings.FASTFLOW_EXECUTOR != "docker":
+        return False
+    from runs.executors import executor_class
+
+    return not executor_class("docker").available()
+
+
 def _job_env(run: Run):
     pipeline = run.pipeline
     env = dict(pipeline.spec.default_env)
@@ -179,8 +194,40 @@ def _job_env(run: Run):
     return env
 
 
+class _Watch:
+    """The executor's callback, every ~0.5 s while a run goes: says whether a cancel was
+    requested, and every HEARTBEAT seconds records that this worker is alive (the
+    reconciler takes over runs whose heartbeat stops)."""
+
+    HEARTBEAT = 5.0
+
+    def __init__(self, run_id):
+        self.run_id, self._last = run_id, 0.0
+
+    def __call__(self):
+        now = time.monotonic()
+        if now - self._last >= self.HEARTBEAT:
+            self._last = now
+            Run.objects.filter(pk=self.run_id, status=Status.RUNNING).update(heartbeat_at=_now())
+        return _cancel_requested(self.run_id)
+
+
 def _cancel_requested(run_id):
     return Run.objects.filter(pk=run_id, cancel_requested=True).exists()
+
+
+def _job_for(run: Run, writer: LogWriter) -> Job:
+    pipeline = run.pipeline
+    if not pipeline.path.is_dir() or not (pipeline.path / "main.py").is_file():
+        raise ExecutorError(f"pipeline folder {pipeline.id!r} or its main.py is gone", permanent=True)
+    return Job(
+        run_id=run.pk, pipeline_id=pipeline.id, code_dir=pipeline.path, env=_job_env(run), log=writer,
+        requirements=pipeline.read_file("requirements.txt") or "",
+        cpu_hard_limit=pipeline.value("cpu_hard_limit"), mem_hard_limit=pipeline.value("mem_hard_limit"),
+        cpu_soft_limit=pipeline.value("cpu_soft_limit"), mem_soft_limit=pipeline.value("mem_soft_limit"),
+        timeout=pipeline.value("timeout") or 0, network_mode=pipeline.spec.network_mode,
+        cancelled=_Watch(run.pk), on_started=run.record,
+    )
 
 
 def run_execute(*, run_id, executor=None) -> Run | None:
@@ -188,27 +235,65 @@ def run_execute(*, run_id, executor=None) -> Run | None:
     run = Run.objects.select_related("pipeline").filter(pk=run_id).first()
     if run is None or not run.claim():
         return None
-    pipeline = run.pipeline
     writer = LogWriter(run.log_path, secrets=[])
     try:
         kind = resolve_kind(executor)
-        writer.system(f"run {run.pk} of {pipeline.id}, attempt {run.attempt}, executor {kind}")
-        job = Job(
-            run_id=run.pk, pipeline_id=pipeline.id, code_dir=pipeline.path, env=_job_env(run), log=writer,
-            requirements=pipeline.read_file("requirements.txt") or "",
-            cpu_hard_limit=pipeline.value("cpu_hard_limit"), mem_hard_limit=pipeline.value("mem_hard_limit"),
-            cpu_soft_limit=pipeline.value("cpu_soft_limit"), mem_soft_limit=pipeline.value("mem_soft_limit"),
-            timeout=pipeline.value("timeout") or 0, network_mode=pipeline.spec.network_mode,
-            cancelled=lambda: _cancel_requested(run.pk), on_started=run.record,
-        )
-        if not pipeline.path.is_dir() or not (pipeline.path / "main.py").is_file():
-            raise ExecutorError(f"pipeline folder {pipeline.id!r} or its main.py is gone", permanent=True)
-        outcome = get_executor(kind).execute(job)
+        writer.system(f"run {run.pk} of {run.pipeline_id}, attempt {run.attempt}, executor {kind}")
+        outcome = get_executor(kind).execute(_job_for(run, writer))
     except ExecutorError as exc:
         outcome = Outcome(Status.FAILED, Reason.INFRASTRUCTURE, message=str(exc))
     except Exception as exc:  # a bug of ours: the run still ends, and says why
         log.exception("run %s: internal error", run.pk)
         outcome = Outcome(Status.FAILED, Reason.INFRASTRUCTURE, message=f"internal error: {exc!r}")
+    return _finish(run, outcome, writer)
+
+
+def run_reattach(*, run_id) -> Run | None:
+    """Follow a run whose worker died while its container lives on (the reconciler has
+    taken it over): logs resume where the file stopped, then the run finishes as usual."""
+    from runs.executors.docker import DockerExecutor
+
+    run = Run.objects.select_related("pipeline").filter(pk=run_id, status=Status.RUNNING).first()
+    if run is None:
+        return None
+    seen = _lines_seen(run.log_path)
+    writer = LogWriter(run.log_path, secrets=[])
+    writer.system(f"re-attached by {socket.gethostname()} after its worker stopped reporting")
+    try:
+        elapsed = (_now() - run.started_at).total_seconds() if run.started_at else 0.0
+        outcome = DockerExecutor().reattach(_job_for(run, writer), run.container_id, elapsed=elapsed, seen=seen)
+    except ExecutorError as exc:
+        outcome = Outcome(Status.FAILED, Reason.INFRASTRUCTURE, message=str(exc))
+    except Exception as exc:
+        log.exception("run %s: internal error while re-attaching", run.pk)
+        outcome = Outcome(Status.FAILED, Reason.INFRASTRUCTURE, message=f"internal error: {exc!r}")
+    outcome.setup_seconds = run.setup_seconds
+    return _finish(run, outcome, writer)
+
+
+def run_finalise_from_container(*, run: Run, state: dict) -> Run:
+    """A run whose worker died after its container exited: the container's state decides."""
+    code = state.get("ExitCode")
+    outcome = exit_outcome(code, oom=bool(state.get("OOMKilled")), cancelled=_cancel_requested(run.pk))
+    writer = LogWriter(run.log_path, secrets=[])
+    writer.system("finalised from the container's exit state (its worker had stopped reporting)")
+    return _finish(run, outcome, writer)
+
+
+def _lines_seen(path):
+    seen = {"out": 0, "err": 0}
+    try:
+        with open(path, "rb") as fh:
+            for line in fh:
+                stream = line.split(b" ", 2)[1:2]
+                if stream in ([b"out"], [b"err"]):
+                    seen[stream[0].decode()] += 1
+    except FileNotFoundError:
+        pass
+    return seen
+
+
+def _finish(run: Run, outcome: Outcome, writer: LogWriter) -> Run:
     if outcome.status == Status.FAILED:
         writer.system(f"run failed ({outcome.reason}): {outcome.message}")
     else:
