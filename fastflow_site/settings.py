@@ -143,8 +143,9 @@ if DATABASE_URL:
     import dj_database_url
 
     try:
-        _db = dj_database_url.parse(DATABASE_URL, conn_max_age=0 if DATABASE_URL.startswith("sqlite") else 60,
-                                    conn_health_checks=True)
+        # No persistent connections: under ASGI every request runs in its own thread, and a
+        # kept connection per thread exhausts PostgreSQL's max_connections under load.
+        _db = dj_database_url.parse(DATABASE_URL, conn_max_age=0)
     except Exception as exc:  # dj_database_url raises bare ValueErrors / KeyErrors
         raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
     if _db["ENGINE"].endswith("sqlite3"):
