@@ -10,6 +10,7 @@ from django.core.exceptions import RequestDataTooBig
 from ninja import NinjaAPI
 
 from orchestrator.api import router as pipelines_router
+from orchestrator.api import secrets as secrets_router
 from orchestrator.api import webhooks as webhooks_router
 from runs.api import router as runs_router
 from runs.services import InvalidInput, RunRefused
@@ -21,6 +22,7 @@ api = NinjaAPI(
 )
 api.add_router("", pipelines_router)
 api.add_router("", runs_router)
+api.add_router("", secrets_router)
 api.add_router("", webhooks_router)
 
 

@@ -1,6 +1,7 @@
 import json
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import Count, Q
 from django.shortcuts import get_object_or_404, redirect
@@ -9,9 +10,9 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from orchestrator.models import OVERRIDABLE, ApiToken, NotificationChannel, Pipeline, SyncState
+from orchestrator.models import OVERRIDABLE, ApiToken, NotificationChannel, Pipeline, Secret, SecretAudit, SyncState
 from orchestrator.schedules import schedule_pause, schedule_resume, schedule_upcoming
-from orchestrator.services import pipeline_sync
+from orchestrator.services import pipelines_sync_all, secret_delete, secret_save
 from orchestrator.spec import format_memory, parse_memory
 
 
@@ -67,10 +68,10 @@ class PipelineAdmin(admin.ModelAdmin):
     actions = ["run_now", "sync_now", "pause_schedules", "resume_schedules"]
     readonly_fields = ["id", "name", "description", "tag_list", "metadata_file", "status_badge",
                        "problems", "effective_settings", "spec_view", "main_py", "requirements_txt",
-                       "synced_at", "first_seen_at", "schedule_view", "notification_channels"]
+                       "synced_at", "first_seen_at", "run_chart", "schedule_view", "notification_channels"]
     fieldsets = [
         (None, {"fields": ["id", "name", "description", "tag_list", "metadata_file", "status_badge",
-                           "problems", "synced_at"]}),
+                           "problems", "synced_at", "run_chart"]}),
         ("Effective settings (admin override > pipeline.json > global default)",
          {"fields": ["effective_settings"]}),
         ("Overrides", {"fields": [f"{f}_override" for f in OVERRIDABLE]}),
@@ -96,6 +97,9 @@ class PipelineAdmin(admin.ModelAdmin):
         if state and state.skipped and request.method == "GET":
             for s in state.skipped:
                 messages.warning(request, f"Skipped folder {s['folder']!r}: {s['reason']}")
+        if state and state.git_ok is False and request.method == "GET":
+            messages.error(request, f"Git sync failed (keeping commit {state.git_commit[:12] or 'none'}): "
+                                    f"{state.git_error}")
         return super().changelist_view(request, extra_context)
 
     @admin.display(description="enabled", boolean=True)
@@ -133,6 +137,12 @@ class PipelineAdmin(admin.ModelAdmin):
         if not getattr(obj, "n_final", 0):
             return "-"
         return f"{100 * obj.n_ok / obj.n_final:.0f}% of {obj.n_final}"
+
+    @admin.display(description="last 50 runs")
+    def run_chart(self, obj):
+        from runs.admin import run_chart_svg
+
+        return run_chart_svg(obj.runs.order_by("-id")[:50])
 
     @admin.display(description="errors and warnings")
     def problems(self, obj):
@@ -190,9 +200,7 @@ class PipelineAdmin(admin.ModelAdmin):
 
     @admin.action(description="Sync pipelines from disk")
     def sync_now(self, request, queryset=None):
-        report = pipeline_sync()
-        self.message_user(request, f"Synced: {len(report.created)} new, {len(report.updated)} updated, "
-                                   f"{len(report.missing)} newly missing.")
+        _sync_and_report(self, request)
 
     # --- schedules ---------------------------------------------------------------------------
     @admin.display(description="schedule")
@@ -346,3 +354,156 @@ class ApiTokenAdmin(admin.ModelAdmin):
             token.revoke()
             n += 1
         self.message_user(request, f"Revoked {n} token(s).")
+
+
+def _sync_and_report(model_admin, request):
+    """Git sync (when FASTFLOW_GIT_URL is set), then discovery; say how both went."""
+    from orchestrator import gitsync
+
+    report = pipelines_sync_all()
+    if gitsync.enabled():
+        state = SyncState.load()
+        if state.git_ok:
+            model_admin.message_user(request, f"Git: at commit {state.git_commit[:12]}.", messages.SUCCESS)
+        else:
+            model_admin.message_user(request, f"Git sync failed, kept the last good tree: {state.git_error}",
+                                     messages.ERROR)
+    model_admin.message_user(request, f"Synced: {len(report.created)} new, {len(report.updated)} updated, "
+                                      f"{len(report.missing)} newly missing.")
+
+
+# --- secrets ---------------------------------------------------------------------------------------
+class SecretForm(forms.ModelForm):
+    """The value is write-only: "new value" is never filled in from the stored one (and a
+    PasswordInput never renders what was typed either). Required on create; on change,
+    empty keeps the stored value."""
+
+    new_value = forms.CharField(widget=forms.PasswordInput(render_value=False), required=False, strip=False,
+                                max_length=65536, help_text="Write-only. When changing, leave empty to keep the "
+                                                            "stored value.")
+
+    class Meta:
+        model = Secret
+        fields = ["name", "pipeline"]
+
+    def clean(self):
+        data = super().clean()
+        if self.instance.pk is None and not data.get("new_value"):
+            self.add_error("new_value", "A new secret needs a value.")
+        return data
+
+
+@admin.register(Secret)
+class SecretAdmin(admin.ModelAdmin):
+    form = SecretForm
+    list_display = ["name", "scope", "updated_at", "updated_by", "used_by_list"]
+    list_filter = [("pipeline", admin.EmptyFieldListFilter)]
+    search_fields = ["name", "pipeline__id"]
+    readonly_fields = ["created_at", "updated_at", "updated_by", "used_by_list"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("updated_by")
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return ["name", "pipeline", "new_value"]
+        return ["name", "pipeline", "new_value", "created_at", "updated_at", "updated_by", "used_by_list"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # Name and scope are the secret's identity: to move one, delete it and add it anew.
+        return self.readonly_fields if obj is None else ["name", "pipeline", *self.readonly_fields]
+
+    @admin.display(description="scope", ordering="pipeline")
+    def scope(self, obj):
+        return f"pipeline {obj.pipeline_id}" if obj.pipeline_id else "global"
+
+    @admin.display(description="used by")
+    def used_by_list(self, obj):
+        return ", ".join(obj.used_by()) or "-"
+
+    def save_model(self, request, obj, form, change):
+        """Through secret_save (encrypts, writes the audit entry); an empty "new value" on a
+        change keeps the value and records nothing."""
+        value = form.cleaned_data.get("new_value")
+        if change and not value:
+            return
+        saved, _ = secret_save(name=obj.name, value=value, pipeline=obj.pipeline, user=request.user,
+                               source="admin")
+        obj.pk, obj.value_encrypted, obj.created_at, obj.updated_at = (saved.pk, saved.value_encrypted,
+                                                                       saved.created_at, saved.updated_at)
+
+    def delete_model(self, request, obj):
+        secret_delete(secret=obj, user=request.user, source="admin")
+
+    def delete_queryset(self, request, queryset):
+        for secret in queryset:
+            secret_delete(secret=secret, user=request.user, source="admin")
+
+
+@admin.register(SecretAudit)
+class SecretAuditAdmin(admin.ModelAdmin):
+    """Read-only: entries are written by secret_save / secret_delete."""
+
+    list_display = ["at", "action", "name", "scope", "user", "source"]
+    list_filter = ["action", "source"]
+    search_fields = ["name", "pipeline_id", "user__username"]
+
+    @admin.display(description="scope")
+    def scope(self, obj):
+        return obj.pipeline_id or "global"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+# --- git sync state --------------------------------------------------------------------------------
+@admin.register(SyncState)
+class SyncStateAdmin(admin.ModelAdmin):
+    """One row: the commit checked out and how the last git sync went, with "sync now"."""
+
+    list_display = ["__str__", "git_commit_short", "git_synced_at", "git_result", "git_attempted_at", "last_sync_at"]
+    list_display_links = None
+    actions = ["sync_now"]
+    fields = readonly_fields = ["git_url", "git_commit", "git_synced_at", "git_result", "git_error",
+                                "git_attempted_at", "last_sync_at"]
+
+    def changelist_view(self, request, extra_context=None):
+        SyncState.load()  # so there is a row to select for "sync now"
+        return super().changelist_view(request, extra_context)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="repository")
+    def git_url(self, obj):
+        from orchestrator import gitsync
+
+        if not gitsync.enabled():
+            return "git sync is off (set FASTFLOW_GIT_URL)"
+        return f"{gitsync.redact(settings.FASTFLOW_GIT_URL)} ({settings.FASTFLOW_GIT_BRANCH})"
+
+    @admin.display(description="commit")
+    def git_commit_short(self, obj):
+        return obj.git_commit[:12] or "-"
+
+    @admin.display(description="last result")
+    def git_result(self, obj):
+        if obj.git_ok is None:
+            return "-"
+        if obj.git_ok:
+            return mark_safe('<span style="color:#2a7a2a">ok</span>')
+        return format_html('<span style="color:#ba2121" title="{}">error: {}</span>', obj.git_error,
+                           obj.git_error[:200])
+
+    @admin.action(description="Sync now (git, then discovery)")
+    def sync_now(self, request, queryset=None):
+        _sync_and_report(self, request)

@@ -1,13 +1,18 @@
 """REST routes for pipelines and webhooks (mounted under /api/ by fastflow_site/api.py).
 
-Auth for everything but the webhook: `Authorization: Bearer <token>` (ApiToken) or the
+Auth for everything but the webhooks: `Authorization: Bearer <token>` (ApiToken) or the
 admin's session. Reading is open to any active user; changing anything (sync, triggering,
-cancelling, retrying) is for staff users only.
+cancelling, retrying) and everything about secrets is for staff users only. Secret values
+go in, never out.
 """
+
+import hashlib
+import hmac
 
 from datetime import datetime
 from typing import Literal
 
+from django.conf import settings
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
@@ -16,16 +21,20 @@ from ninja.errors import HttpError
 from ninja.responses import Status as Answer
 from ninja.security import HttpBearer, SessionAuth
 
-from orchestrator.models import ApiToken, Pipeline
+from orchestrator import gitsync
+from orchestrator.models import ApiToken, Pipeline, Secret, SyncState
 from orchestrator.schedules import schedule_upcoming
-from orchestrator.services import pipeline_sync
+from orchestrator.services import pipelines_sync_all, secret_delete, secret_save
 from orchestrator.spec import PIPELINE_ID_RE
 from orchestrator.webhooks import WebhookError, webhook_deliver
 
 router = Router(tags=["pipelines"])
+secrets = Router(tags=["secrets"])
 webhooks = Router(tags=["webhooks"])
 MAX_PAGE = 500
 PipelineId = Path(..., pattern=PIPELINE_ID_RE.pattern, max_length=100, description="The pipeline's folder name.")
+SECRET_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+SecretName = Path(..., pattern=SECRET_NAME, max_length=200, description="The secret's name (an env var name).")
 
 
 class BearerToken(HttpBearer):
@@ -133,6 +142,31 @@ class SyncOut(Schema):
     skipped: list[dict]
 
 
+class SecretOut(Schema):
+    name: str
+    pipeline: str | None = Field(description="null = global")
+    created_at: datetime
+    updated_at: datetime
+    updated_by: str | None
+    used_by: list[str] = Field(description="Pipelines whose `secrets` list names it and that get this one.")
+
+
+class SecretIn(Schema):
+    name: str = Field(..., pattern=SECRET_NAME, max_length=200)
+    value: str = Field(..., min_length=1, max_length=65536)
+    pipeline: str | None = Field(None, max_length=100, description="null = global; a pipeline id = scoped to it")
+
+
+class SecretValue(Schema):
+    value: str = Field(..., min_length=1, max_length=65536)
+
+
+class GitSyncAccepted(Schema):
+    commit: str
+    ok: bool
+    error: str
+
+
 class WebhookAccepted(Schema):
     run_id: int
     status_url: str
@@ -184,7 +218,7 @@ def list_pipelines(request, filters: Query[PipelineFilters]):
 def sync(request):
     """Re-read the pipelines dir now (staff only)."""
     staff_only(request)
-    report = pipeline_sync()
+    report = pipelines_sync_all()  # git sync first when FASTFLOW_GIT_URL is set
     return {"created": report.created, "updated": report.updated, "missing": report.missing,
             "unchanged": report.unchanged, "skipped": report.skipped}
 
@@ -223,3 +257,82 @@ def webhook(request, response: HttpResponse, pipeline_id: str = Path(..., max_le
         return Answer(exc.status, {"detail": exc.detail})
     url = request.build_absolute_uri(reverse("api:run", kwargs={"run_id": run.pk}))
     return Answer(202, {"run_id": run.pk, "status_url": url, "replayed": replayed})
+
+
+# --- secrets (staff only; values are write-only) ------------------------------------------------
+def secret_out(secret):
+    return {"name": secret.name, "pipeline": secret.pipeline_id, "created_at": secret.created_at,
+            "updated_at": secret.updated_at, "updated_by": secret.updated_by.username if secret.updated_by else None,
+            "used_by": secret.used_by()}
+
+
+def _scoped_secret(name, pipeline_id):
+    return get_object_or_404(Secret.objects.select_related("updated_by"), name=name, pipeline_id=pipeline_id or None)
+
+
+@secrets.get("/secrets", response={200: list[SecretOut], 401: Error, 403: Error}, auth=AUTH, url_name="secrets")
+def list_secrets(request):
+    """Every secret's name and scope, never its value."""
+    staff_only(request)
+    return [secret_out(s) for s in Secret.objects.select_related("updated_by")]
+
+
+@secrets.post("/secrets", response={201: SecretOut, 400: Error, 401: Error, 403: Error, 404: Error, 409: Error, 422: Error},
+              auth=AUTH)
+def create_secret(request, body: SecretIn):
+    staff_only(request)
+    pipeline = get_object_or_404(Pipeline, pk=body.pipeline) if body.pipeline else None
+    if Secret.objects.filter(name=body.name, pipeline=pipeline).exists():
+        return Answer(409, {"detail": f"secret {body.name!r} already exists in that scope: use PUT to change it"})
+    secret, _ = secret_save(name=body.name, value=body.value, pipeline=pipeline, user=request.auth, source="api")
+    return Answer(201, secret_out(secret))
+
+
+@secrets.put("/secrets/{name}", response={200: SecretOut, 400: Error, 401: Error, 403: Error, 404: Error, 422: Error},
+             auth=AUTH, url_name="secret")
+def update_secret(request, body: SecretValue, name: str = SecretName,
+                  pipeline: str | None = Query(None, max_length=100, description="The scope; empty = global.")):
+    staff_only(request)
+    secret = _scoped_secret(name, pipeline)
+    secret, _ = secret_save(name=name, value=body.value, pipeline=secret.pipeline, user=request.auth, source="api")
+    return secret_out(secret)
+
+
+@secrets.delete("/secrets/{name}", response={204: None, 401: Error, 403: Error, 404: Error, 422: Error}, auth=AUTH)
+def delete_secret(request, name: str = SecretName,
+                  pipeline: str | None = Query(None, max_length=100, description="The scope; empty = global.")):
+    staff_only(request)
+    secret_delete(secret=_scoped_secret(name, pipeline), user=request.auth, source="api")
+    return Answer(204, None)
+
+
+# --- git push webhook ---------------------------------------------------------------------------
+def _push_verified(request) -> bool:
+    """GitHub: X-Hub-Signature-256 = "sha256=" + HMAC-SHA256(raw body, secret); GitLab:
+    X-Gitlab-Token = the secret. Both compared in constant time."""
+    secret = settings.FASTFLOW_GIT_WEBHOOK_SECRET
+    if not secret:
+        return False
+    signature = request.headers.get("X-Hub-Signature-256")
+    if signature is not None:
+        expected = "sha256=" + hmac.new(secret.encode(), request.body, hashlib.sha256).hexdigest()
+        return hmac.compare_digest(signature.strip().encode(), expected.encode())
+    token = request.headers.get("X-Gitlab-Token")
+    if token is not None:
+        return hmac.compare_digest(token.encode(), secret.encode())
+    return False
+
+
+@webhooks.post("/git/webhook", auth=None, url_name="git_webhook",
+               response={202: GitSyncAccepted, 403: Error, 404: Error, 413: Error})
+def git_webhook(request):
+    """A push notification from GitHub or GitLab: verify it, then git sync and discover at
+    once. 404 while git sync is not configured (FASTFLOW_GIT_URL); 403 without a valid
+    signature (set the hook's secret to FASTFLOW_GIT_WEBHOOK_SECRET)."""
+    if not gitsync.enabled():
+        return Answer(404, {"detail": "git sync is not configured (FASTFLOW_GIT_URL is unset)"})
+    if not _push_verified(request):
+        return Answer(403, {"detail": "missing or invalid webhook signature"})
+    pipelines_sync_all()
+    state = SyncState.load()
+    return Answer(202, {"commit": state.git_commit, "ok": bool(state.git_ok), "error": state.git_error})

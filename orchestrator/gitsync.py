@@ -138,7 +138,8 @@ def git_sync() -> SyncResult:
             log.info("git: cloned %s at %s", redact(url), commit[:12])
             return SyncResult(commit=commit, previous="")
         previous = _git("rev-parse", "HEAD", cwd=checkout)
-        _git("fetch", "--quiet", "--prune", "origin", f"+refs/heads/{branch}:refs/remotes/origin/{branch}", cwd=checkout)
+        # Fetch from the configured URL, not `origin`, so a changed FASTFLOW_GIT_URL takes effect.
+        _git("fetch", "--quiet", "--", url, f"+refs/heads/{branch}:refs/remotes/origin/{branch}", cwd=checkout)
         target = _git("rev-parse", f"refs/remotes/origin/{branch}", cwd=checkout)
         forced = False
         if target != previous:

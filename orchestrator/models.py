@@ -6,7 +6,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import URLValidator, validate_email
+from django.core.validators import RegexValidator, URLValidator, validate_email
 from django.db import models
 from django.utils import timezone
 
@@ -162,11 +162,109 @@ class SyncState(models.Model):
     id = models.PositiveSmallIntegerField(primary_key=True, default=1)
     last_sync_at = models.DateTimeField(null=True, blank=True)
     skipped = models.JSONField(default=list, blank=True)
+    # Git sync (FASTFLOW_GIT_URL): the commit checked out, and how the last attempt went.
+    git_commit = models.CharField(max_length=64, blank=True, help_text="The commit the checkout is at.")
+    git_synced_at = models.DateTimeField(null=True, blank=True, help_text="The last successful git sync.")
+    git_attempted_at = models.DateTimeField(null=True, blank=True, help_text="The last git sync attempt.")
+    git_ok = models.BooleanField(null=True, blank=True, help_text="Whether the last attempt succeeded.")
+    git_error = models.TextField(blank=True, help_text="The git error of the last attempt (credentials redacted).")
+
+    def __str__(self):
+        return "pipelines sync"
 
     @classmethod
     def load(cls):
         obj, _ = cls.objects.get_or_create(pk=1)
         return obj
+
+
+ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*\Z"
+
+
+class Secret(models.Model):
+    """A named value, encrypted at rest (Fernet via MultiFernet), global or scoped to one
+    pipeline. The plaintext leaves the row only through `reveal()`: never into forms, API
+    answers, run rows or logs (runs mask every injected value)."""
+
+    name = models.CharField(max_length=200, validators=[RegexValidator(ENV_NAME_RE,
+                            "must be a valid environment variable name (letters, digits, _; not starting with a digit)")])
+    pipeline = models.ForeignKey(Pipeline, null=True, blank=True, on_delete=models.CASCADE, related_name="scoped_secrets",
+                                 help_text="Empty = global. A pipeline-scoped secret wins over a global one.")
+    value_encrypted = models.TextField(editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+
+    class Meta:
+        ordering = ["name", "pipeline_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["name", "pipeline"], name="secret_unique_per_pipeline"),
+            models.UniqueConstraint(fields=["name"], condition=models.Q(pipeline__isnull=True),
+                                    name="secret_unique_global"),
+        ]
+
+    def __str__(self):
+        return f"{self.name} ({self.pipeline_id or 'global'})"
+
+    @property
+    def scope(self):
+        return self.pipeline_id or "global"
+
+    def set_value(self, value: str):
+        from orchestrator import crypto
+
+        self.value_encrypted = crypto.encrypt(value)
+
+    def reveal(self) -> str:
+        from orchestrator import crypto
+
+        return crypto.decrypt(self.value_encrypted)
+
+    def used_by(self):
+        """Ids of the (present) pipelines whose spec.secrets lists this name and that would
+        get this row: for a global secret, those without a pipeline-scoped one of the name."""
+        if self.pipeline_id:
+            candidates = Pipeline.objects.filter(pk=self.pipeline_id, missing=False)
+        else:
+            shadowed = Secret.objects.filter(name=self.name, pipeline__isnull=False).values_list("pipeline_id", flat=True)
+            candidates = Pipeline.objects.filter(missing=False).exclude(pk__in=list(shadowed))
+        return [p.id for p in candidates.only("id", "metadata_file", "spec_text") if self.name in p.spec.secrets]
+
+    @classmethod
+    def resolve(cls, name, *, pipeline=None):
+        """The value a run of `pipeline` gets for `name`: pipeline scope first, then global."""
+        rows = {s.pipeline_id: s for s in cls.objects.filter(name=name).filter(
+            models.Q(pipeline=pipeline) | models.Q(pipeline__isnull=True))}
+        row = rows.get(getattr(pipeline, "pk", pipeline)) or rows.get(None)
+        return row.reveal() if row else None
+
+
+class SecretAudit(models.Model):
+    """Who created, changed or deleted which secret, when, and from where. Never the value."""
+
+    ACTIONS = [("create", "create"), ("change", "change"), ("delete", "delete")]
+    name = models.CharField(max_length=200)
+    pipeline_id = models.CharField(max_length=100, blank=True, help_text="Empty = global.")
+    action = models.CharField(max_length=10, choices=ACTIONS)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                             related_name="+")
+    source = models.CharField(max_length=20, default="admin", help_text="admin, api or command.")
+    at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        verbose_name = "secret audit entry"
+        verbose_name_plural = "secret audit log"
+
+    def __str__(self):
+        return f"{self.action} {self.name} ({self.pipeline_id or 'global'})"
+
+    @classmethod
+    def record(cls, secret, *, action, user=None, source="admin"):
+        user = user if getattr(user, "is_authenticated", False) else None
+        return cls.objects.create(name=secret.name, pipeline_id=secret.pipeline_id or "", action=action, user=user,
+                                  source=source)
 
 
 class ApiToken(models.Model):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from orchestrator.models import Pipeline, SyncState
@@ -303,3 +304,128 @@ def pipeline_sync(*, root: Path | None = None) -> SyncReport:
     if report.changed:
         log.info("sync: %d new, %d updated, %d missing", len(report.created), len(report.updated), len(report.missing))
     return report
+
+
+# --- git sync ----------------------------------------------------------------------------------
+def pipelines_sync_all() -> SyncReport:
+    """Bring the pipelines dir up to date, then discover.
+
+    Steps:
+    1. when git sync is enabled (FASTFLOW_GIT_URL), `git_sync()` and record the outcome on
+       SyncState: the commit on success; the redacted git error on failure, keeping the
+       last good tree (the next interval, webhook or "sync now" retries);
+    2. discovery (`pipeline_sync()`), on the new tree or, after a failure, the old one.
+    """
+    from orchestrator import gitsync
+
+    if gitsync.enabled():
+        now = timezone.now()
+        try:
+            result = gitsync.git_sync()
+        except gitsync.GitSyncError as exc:
+            message = gitsync.redact(str(exc))
+            log.warning("git sync failed, keeping the last good tree: %s", message)
+            SyncState.load()
+            SyncState.objects.filter(pk=1).update(git_attempted_at=now, git_ok=False, git_error=message)
+        else:
+            SyncState.load()
+            SyncState.objects.filter(pk=1).update(git_attempted_at=now, git_ok=True, git_error="",
+                                                  git_commit=result.commit, git_synced_at=now)
+    return pipeline_sync()
+
+
+def git_sync_due(now=None) -> bool:
+    """True when git sync is enabled and FASTFLOW_GIT_SYNC_INTERVAL has passed since the
+    last attempt (successful or not, so a failing remote is retried at the same pace)."""
+    from orchestrator import gitsync
+
+    if not gitsync.enabled():
+        return False
+    now = now or timezone.now()
+    last = SyncState.objects.filter(pk=1).values_list("git_attempted_at", flat=True).first()
+    return last is None or (now - last).total_seconds() >= settings.FASTFLOW_GIT_SYNC_INTERVAL
+
+
+def git_snapshot_for_run():
+    """(sha, root) a run should use: the checked-out commit exported once into a read-only
+    snapshot (joined with FASTFLOW_GIT_SUBDIR), so a later sync never changes files under
+    a running pipeline. (None, None) when git sync is off or nothing is checked out yet."""
+    from orchestrator import gitsync
+
+    if not gitsync.enabled():
+        return None, None
+    sha = gitsync.head()
+    if not sha:
+        return None, None
+    root = gitsync.snapshot(sha)
+    if settings.FASTFLOW_GIT_SUBDIR:
+        root = root / settings.FASTFLOW_GIT_SUBDIR
+    return sha, root
+
+
+# --- secrets -----------------------------------------------------------------------------------
+class MissingSecret(Exception):
+    """A pipeline's `secrets` list names a secret that does not exist (or cannot be read)."""
+
+    def __init__(self, pipeline_id, names):
+        self.names = list(names)
+        super().__init__(f"pipeline {pipeline_id!r} needs secret(s) that do not exist: {', '.join(self.names)} "
+                         f"(add them in the admin under Secrets, or with POST /api/secrets)")
+
+
+def secrets_for_run(pipeline) -> dict[str, str]:
+    """Exactly the secrets the pipeline's `secrets` list allows, by name: a pipeline-scoped
+    secret wins over a global one. Raises MissingSecret naming every absent one; a value no
+    configured key can decrypt raises crypto.DecryptionError (never silently skipped)."""
+    from orchestrator.models import Secret
+
+    wanted = list(dict.fromkeys(pipeline.spec.secrets))
+    if not wanted:
+        return {}
+    rows = {}
+    for row in Secret.objects.filter(name__in=wanted).filter(Q(pipeline=pipeline) | Q(pipeline__isnull=True)):
+        if row.name not in rows or row.pipeline_id:
+            rows[row.name] = row
+    missing = [name for name in wanted if name not in rows]
+    if missing:
+        raise MissingSecret(pipeline.id, missing)
+    return {name: rows[name].reveal() for name in wanted}
+
+
+def secret_save(*, name, value, pipeline=None, user=None, source="admin"):
+    """Create or change a secret (encrypting `value`) and write its audit entry. (secret, created)."""
+    from orchestrator.models import Secret, SecretAudit
+
+    with transaction.atomic():
+        secret = Secret.objects.select_for_update().filter(name=name, pipeline=pipeline).first()
+        created = secret is None
+        if created:
+            secret = Secret(name=name, pipeline=pipeline)
+        secret.set_value(value)
+        secret.updated_by = user if getattr(user, "is_authenticated", False) else None
+        secret.full_clean()
+        secret.save()
+        SecretAudit.record(secret, action="create" if created else "change", user=user, source=source)
+    return secret, created
+
+
+def secret_delete(*, secret, user=None, source="admin"):
+    from orchestrator.models import SecretAudit
+
+    with transaction.atomic():
+        SecretAudit.record(secret, action="delete", user=user, source=source)
+        secret.delete()
+
+
+def secrets_undecryptable():
+    """Names (name/scope) of stored secrets no configured key can decrypt."""
+    from orchestrator import crypto
+    from orchestrator.models import Secret
+
+    bad = []
+    for row in Secret.objects.only("name", "pipeline_id", "value_encrypted"):
+        try:
+            row.reveal()
+        except crypto.DecryptionError:
+            bad.append(str(row))
+    return bad

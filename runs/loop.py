@@ -18,7 +18,7 @@ from django.conf import settings
 from django.db import close_old_connections
 
 from orchestrator.schedules import schedules_fire, schedules_refresh
-from orchestrator.services import pipeline_sync
+from orchestrator.services import git_sync_due, pipeline_sync, pipelines_sync_all
 from runs.environments import collect_garbage
 from runs.reconciler import Reconciler
 from runs.services import runs_dispatch
@@ -44,7 +44,10 @@ class Dispatcher:
         dispatched = runs_dispatch(now=now)
         if time.monotonic() >= self._next_sync:
             self._next_sync = time.monotonic() + settings.FASTFLOW_SYNC_INTERVAL
-            pipeline_sync()
+            if git_sync_due():
+                pipelines_sync_all()  # git fetch (bounded by its own timeout), then discovery
+            else:
+                pipeline_sync()
         if time.monotonic() >= self._next_reconcile:
             self._next_reconcile = time.monotonic() + min(5.0, settings.FASTFLOW_HEARTBEAT_TIMEOUT / 2)
             self.reconciler.step()

@@ -29,6 +29,8 @@ from django.db.models import Q
 from django.utils import timezone
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, StringConstraints, field_validator, model_validator
 
+from orchestrator.crypto import DecryptionError
+from orchestrator.services import MissingSecret, git_snapshot_for_run, secrets_for_run
 from orchestrator.spec import ENV_NAME_RE
 from runs.executors import ExecutorError, Job, Outcome, get_executor, resolve_kind
 from runs.executors.base import exit_outcome
@@ -216,12 +218,13 @@ def _cancel_requested(run_id):
     return Run.objects.filter(pk=run_id, cancel_requested=True).exists()
 
 
-def _job_for(run: Run, writer: LogWriter) -> Job:
+def _job_for(run: Run, writer: LogWriter, secrets: dict, code_root=None) -> Job:
     pipeline = run.pipeline
-    if not pipeline.path.is_dir() or not (pipeline.path / "main.py").is_file():
+    code_dir = (code_root / pipeline.id) if code_root else pipeline.path
+    if not code_dir.is_dir() or not (code_dir / "main.py").is_file():
         raise ExecutorError(f"pipeline folder {pipeline.id!r} or its main.py is gone", permanent=True)
     return Job(
-        run_id=run.pk, pipeline_id=pipeline.id, code_dir=pipeline.path, env=_job_env(run), log=writer,
+        run_id=run.pk, pipeline_id=pipeline.id, code_dir=code_dir, env={**_job_env(run), **secrets}, log=writer,
         requirements=pipeline.read_file("requirements.txt") or "",
         cpu_hard_limit=pipeline.value("cpu_hard_limit"), mem_hard_limit=pipeline.value("mem_hard_limit"),
         cpu_soft_limit=pipeline.value("cpu_soft_limit"), mem_soft_limit=pipeline.value("mem_soft_limit"),
@@ -235,11 +238,20 @@ def run_execute(*, run_id, executor=None) -> Run | None:
     run = Run.objects.select_related("pipeline").filter(pk=run_id).first()
     if run is None or not run.claim():
         return None
-    writer = LogWriter(run.log_path, secrets=[])
     try:
+        secrets = secrets_for_run(run.pipeline)
+    except (MissingSecret, DecryptionError) as exc:  # fails before any container starts
+        return _finish(run, Outcome(Status.FAILED, Reason.INFRASTRUCTURE, message=str(exc)),
+                       LogWriter(run.log_path, secrets=[]))
+    writer = LogWriter(run.log_path, secrets=list(secrets.values()))
+    try:
+        sha, code_root = git_snapshot_for_run()
+        if sha:
+            run.record(git_sha=sha)
         kind = resolve_kind(executor)
-        writer.system(f"run {run.pk} of {run.pipeline_id}, attempt {run.attempt}, executor {kind}")
-        outcome = get_executor(kind).execute(_job_for(run, writer))
+        writer.system(f"run {run.pk} of {run.pipeline_id}, attempt {run.attempt}, executor {kind}"
+                      + (f", commit {sha[:12]}" if sha else ""))
+        outcome = get_executor(kind).execute(_job_for(run, writer, secrets, code_root))
     except ExecutorError as exc:
         outcome = Outcome(Status.FAILED, Reason.INFRASTRUCTURE, message=str(exc))
     except Exception as exc:  # a bug of ours: the run still ends, and says why
@@ -257,11 +269,17 @@ def run_reattach(*, run_id) -> Run | None:
     if run is None:
         return None
     seen = _lines_seen(run.log_path)
-    writer = LogWriter(run.log_path, secrets=[])
+    try:
+        secrets = secrets_for_run(run.pipeline)
+    except (MissingSecret, DecryptionError):
+        secrets = {}  # it started with them; without them now, at least nothing new leaks
+    writer = LogWriter(run.log_path, secrets=list(secrets.values()))
     writer.system(f"re-attached by {socket.gethostname()} after its worker stopped reporting")
     try:
         elapsed = (_now() - run.started_at).total_seconds() if run.started_at else 0.0
-        outcome = DockerExecutor().reattach(_job_for(run, writer), run.container_id, elapsed=elapsed, seen=seen)
+        code_root = _snapshot_root(run.git_sha)
+        outcome = DockerExecutor().reattach(_job_for(run, writer, secrets, code_root), run.container_id,
+                                            elapsed=elapsed, seen=seen)
     except ExecutorError as exc:
         outcome = Outcome(Status.FAILED, Reason.INFRASTRUCTURE, message=str(exc))
     except Exception as exc:
@@ -278,6 +296,15 @@ def run_finalise_from_container(*, run: Run, state: dict) -> Run:
     writer = LogWriter(run.log_path, secrets=[])
     writer.system("finalised from the container's exit state (its worker had stopped reporting)")
     return _finish(run, outcome, writer)
+
+
+def _snapshot_root(sha):
+    if not sha:
+        return None
+    from orchestrator import gitsync
+
+    root = gitsync.snapshot(sha)
+    return root / settings.FASTFLOW_GIT_SUBDIR if settings.FASTFLOW_GIT_SUBDIR else root
 
 
 def _lines_seen(path):

@@ -32,6 +32,9 @@ def pipelines(pipelines_dir):
     make_pipeline(pipelines_dir, "ticker", "print()\n", meta={"schedule_cron": "0 9 * * *",
                                                               "schedule_timezone": "Europe/Berlin"})
     pipeline_sync()
+    from orchestrator.services import secret_save
+
+    secret_save(name="DB_PASSWORD", value="printer-db-password")  # printer asks for it
     return pipelines_dir
 
 

@@ -1,14 +1,14 @@
 from django.core.management.base import BaseCommand
 
 from orchestrator.models import Pipeline
-from orchestrator.services import pipeline_sync
+from orchestrator.services import pipelines_sync_all
 
 
 class Command(BaseCommand):
     help = "Discover pipelines in the pipelines dir and print a table of what was found."
 
     def handle(self, *args, **options):
-        report = pipeline_sync()
+        report = pipelines_sync_all()
         rows = [("ID", "NAME", "METADATA", "STATUS")]
         for p in Pipeline.objects.filter(missing=False):
             if p.all_errors:

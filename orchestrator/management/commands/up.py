@@ -22,7 +22,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from orchestrator.services import pipeline_sync
+from orchestrator.services import pipelines_sync_all
 
 
 def _port_free(host, port):
@@ -57,7 +57,7 @@ class Command(BaseCommand):
         if problem:
             raise CommandError(f"cannot listen on {host}:{port} ({problem}): set FASTFLOW_PORT or FASTFLOW_HOST")
         call_command("migrate", interactive=False, verbosity=0)
-        report = pipeline_sync()
+        report = pipelines_sync_all()
         self.stdout.write(f"pipelines: {len(report.created) + len(report.updated) + report.unchanged} found"
                           + (f", {len(report.skipped)} skipped (see sync_pipelines)" if report.skipped else ""))
         self._ensure_admin()
