@@ -1,3 +1,7 @@
 from django.urls import path
 
-websocket_urlpatterns = []
+from runs.consumers import RunLogConsumer
+
+websocket_urlpatterns = [
+    path("ws/runs/<int:run_id>/logs/", RunLogConsumer.as_asgi()),
+]
