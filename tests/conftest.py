@@ -84,7 +84,8 @@ def _isolated_data(tmp_path, settings, shared_cache):
 PRODUCTION_FILES = {
     "test_run_outcomes.py", "test_retries.py", "test_concurrency.py", "test_workers.py",
     "test_docker_executor.py", "test_logs_ws.py", "test_log_capture.py", "test_webhooks.py",
-    "test_schedules.py", "test_api.py", "test_downstream.py", "test_production.py",
+    "test_schedules.py", "test_api.py", "test_downstream.py", "test_production.py", "test_reconciler.py",
+    "test_web_restart.py", "test_secret_injection.py",
 }
 
 
