@@ -155,3 +155,15 @@ class Lease(models.Model):
     name = models.CharField(primary_key=True, max_length=50)
     holder = models.CharField(max_length=200)
     expires_at = models.DateTimeField()
+
+
+def instance_id() -> str:
+    """This installation's id (one per database), labelled on its containers so that the
+    reconciler never removes containers of another installation sharing the engine."""
+    import uuid
+
+    from django.utils.dateparse import parse_datetime
+
+    row, _ = Lease.objects.get_or_create(
+        name="instance-id", defaults={"holder": uuid.uuid4().hex[:16], "expires_at": parse_datetime("9999-01-01T00:00Z")})
+    return row.holder

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from conftest import make_pipeline
 from orchestrator.services import pipeline_sync
-from runs.models import Run
+from runs.models import Run, instance_id
 from runs.reconciler import Reconciler, lease_acquire
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -25,7 +25,8 @@ def _running(pid, **fields):
 def _container(run_id, command):
     client = docker.from_env()
     c = client.containers.run("fastflow-runner:latest", command, detach=True, network_mode="none",
-                              labels={"org.fastflow.run": str(run_id), "org.fastflow.role": "run"})
+                              labels={"org.fastflow.run": str(run_id), "org.fastflow.role": "run",
+                                      "org.fastflow.instance": instance_id()})
     return c
 
 
@@ -87,8 +88,15 @@ def test_orphan_containers_are_removed(pipelines_dir, docker_engine):
     done_run = Run.objects.create(pipeline_id="p", status="succeeded")
     orphan = _container(done_run.pk, ["sleep", "60"])
     unknown = _container(10**9, ["sleep", "60"])
-    removed = Reconciler("test").step()["removed"]
-    assert orphan.id[:12] in removed and unknown.id[:12] in removed
+    foreign = docker.from_env().containers.run("fastflow-runner:latest", ["sleep", "60"], detach=True,
+                                               network_mode="none", labels={"org.fastflow.run": str(done_run.pk),
+                                                                            "org.fastflow.instance": "another-one"})
+    try:
+        removed = Reconciler("test").step()["removed"]
+        assert orphan.id[:12] in removed and unknown.id[:12] in removed
+        assert foreign.id[:12] not in removed  # another installation's container is left alone
+    finally:
+        foreign.remove(force=True)
 
 
 def test_only_one_reconciler_holds_the_lease(pipelines_dir):

@@ -34,7 +34,14 @@ CACHE_DIR = "/opt/fastflow/uv-cache"
 CA_PATH = "/etc/ssl/certs/fastflow-ca.crt"
 LABEL_RUN = "org.fastflow.run"
 LABEL_PIPELINE = "org.fastflow.pipeline"
+LABEL_INSTANCE = "org.fastflow.instance"
 ENGINE_ERRORS = (docker_errors.DockerException, requests_errors.RequestException, ConnectionError)
+
+
+def _instance():
+    from runs.models import instance_id
+
+    return instance_id()
 
 
 def _client(timeout=120):
@@ -109,7 +116,7 @@ class DockerExecutor(Executor):
             image_id, command=["sh", "-c", script], user=settings.FASTFLOW_RUN_USER,
             environment={"UV_CACHE_DIR": CACHE_DIR, "HOME": "/tmp", "UV_LINK_MODE": "hardlink",
                          "UV_PYTHON_DOWNLOADS": "never", **ca_env},
-            labels={LABEL_RUN: str(job.run_id), "org.fastflow.role": "builder"},
+            labels={LABEL_RUN: str(job.run_id), LABEL_INSTANCE: _instance(), "org.fastflow.role": "builder"},
             host_config=host_config,
         )["Id"]
         try:
@@ -162,7 +169,8 @@ class DockerExecutor(Executor):
         container = self.api.create_container(
             image_id, command=[python, "main.py"], working_dir=CODE_DIR,
             user=settings.FASTFLOW_RUN_USER, environment=env,
-            labels={LABEL_RUN: str(job.run_id), LABEL_PIPELINE: job.pipeline_id, "org.fastflow.role": "run"},
+            labels={LABEL_RUN: str(job.run_id), LABEL_PIPELINE: job.pipeline_id, LABEL_INSTANCE: _instance(),
+                    "org.fastflow.role": "run"},
             host_config=host_config,
         )["Id"]
         try:
@@ -172,14 +180,21 @@ class DockerExecutor(Executor):
             self._remove(container)
 
     def _follow(self, job: Job, container: str, setup_seconds: float, *, start=True, elapsed=0.0) -> Outcome:
-        stream = self.api.attach(container, stream=True, logs=True, demux=True)
-        if start:
+        if start:  # attached before it starts: nothing can be missed
+            streams = [(self.api.attach(container, stream=True, logs=True, demux=True), None)]
             self.api.start(container)
+        else:  # re-attaching: follow the engine's log of each stream (a replay, then live)
+            streams = [(self.api.logs(container, stdout=(name == "out"), stderr=(name == "err"), stream=True,
+                                      follow=True), name) for name in ("out", "err")]
         started = time.monotonic() - elapsed
 
-        def pump():
+        def pump(stream, name):
             try:
-                for out, err in stream:
+                for chunk in stream:
+                    if name:
+                        job.log.write(name, chunk)
+                        continue
+                    out, err = chunk
                     if out:
                         job.log.write("out", out)
                     if err:
@@ -187,9 +202,11 @@ class DockerExecutor(Executor):
             except ENGINE_ERRORS:
                 pass
 
+        readers = [threading.Thread(target=pump, args=pair, name=f"logs-{job.run_id}", daemon=True) for pair in streams]
+        for r in readers:
+            r.start()
+        reader = readers[0]
         sampler = _Sampler(self.api, container)
-        reader = threading.Thread(target=pump, name=f"logs-{job.run_id}", daemon=True)
-        reader.start()
         sampler.start()
         timed_out = cancelled = False
         next_cancel_check = 0.0
@@ -207,7 +224,8 @@ class DockerExecutor(Executor):
                     self.api.stop(container, timeout=5)
                     break
         code = self.api.wait(container, timeout=60)["StatusCode"]
-        reader.join(10)
+        for r in readers:
+            r.join(10)
         state = self.api.inspect_container(container)["State"]
         outcome = exit_outcome(code, oom=bool(state.get("OOMKilled")), timed_out=timed_out,
                                cancelled=cancelled, timeout=job.timeout)
@@ -244,11 +262,11 @@ class DockerExecutor(Executor):
         self._remove(container_id)
 
     def remove_orphans(self):
-        """Remove labelled containers whose run is final or unknown to this database."""
+        """Remove this installation's containers whose run is final or unknown."""
         from runs.models import FINAL, Run
 
         removed = []
-        for c in self.api.containers(all=True, filters={"label": LABEL_RUN}):
+        for c in self.api.containers(all=True, filters={"label": [LABEL_RUN, f"{LABEL_INSTANCE}={_instance()}"]}):
             run_id = (c.get("Labels") or {}).get(LABEL_RUN, "")
             status = Run.objects.filter(pk=int(run_id)).values_list("status", flat=True).first() \
                 if run_id.isdigit() else None
