@@ -163,7 +163,7 @@ def logs(request, run_id: int = RunId, offset: int = Query(0, ge=0, le=MAX_ID),
     run = _run(run_id)
     size = run.log_path.stat().st_size if run.log_path.exists() else 0
     offset = min(offset, size)
-    data, next_offset = read_log(run.log_path, offset, limit)
+    data, next_offset = read_log(run.log_path, offset, limit, whole_lines=run.status not in FINAL)
     return {"run_id": run.pk, "offset": offset, "next_offset": next_offset, "size": size,
             "text": data.decode("utf-8", errors="replace"),
             "complete": run.status in FINAL and next_offset >= size}
