@@ -74,3 +74,18 @@ def test_engine_stopped_during_a_run_then_started_again(gallery):
         again = run_trigger(pipeline=Pipeline.objects.get(pk="pipeline_c"), trigger="api")
         _wait(lambda: Run.objects.get(pk=again.pk).is_final, 90, "a run after the engine came back")
         assert Run.objects.get(pk=again.pk).status == "succeeded"
+
+
+def test_engine_down_wait_policy_keeps_runs_queued_until_it_answers(pipelines_dir, settings, monkeypatch):
+    from conftest import make_pipeline
+    from runs.services import runs_dispatch
+
+    settings.FASTFLOW_EXECUTOR, settings.FASTFLOW_ENGINE_DOWN = "docker", "wait"
+    make_pipeline(pipelines_dir, "p", "print('x')\n")
+    pipeline_sync()
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")  # the engine is "down"
+    run = run_trigger(pipeline=Pipeline.objects.get(pk="p"), trigger="api")
+    assert runs_dispatch() == []
+    assert Run.objects.get(pk=run.pk).dispatched_at is None  # waiting, not failed
+    monkeypatch.delenv("DOCKER_HOST")  # it answers again: no restart needed
+    assert runs_dispatch() == [run.pk]
