@@ -159,20 +159,14 @@ class PipelineSpec(_Strict):
     max_instances: StrictInt | None = Field(default=None, ge=1)
     downstream_triggers: list[DownstreamTrigger] = Field(default_factory=list)
 
-    @field_validator("default_env")
+    @field_validator("default_env", "secrets")
     @classmethod
-    def _env_names(cls, value):
+    def _env_names(cls, value, info):
+        """Both become environment variables of the run, so both need valid names."""
         bad = [k for k in value if not ENV_NAME_RE.fullmatch(k)]
         if bad:
-            raise ValueError(f"not valid environment variable names: {', '.join(map(repr, bad))}")
-        return value
-
-    @field_validator("secrets")
-    @classmethod
-    def _secret_names(cls, value):
-        bad = [k for k in value if not ENV_NAME_RE.fullmatch(k)]
-        if bad:
-            raise ValueError(f"not valid secret names: {', '.join(map(repr, bad))}")
+            what = "environment variable" if info.field_name == "default_env" else "secret"
+            raise ValueError(f"not valid {what} names: {', '.join(map(repr, bad))}")
         return value
 
     @field_validator("schedule_cron")
