@@ -30,21 +30,14 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-SCRATCH = Path(tempfile.mkdtemp(prefix="fastflow-bench-logs-"))
-os.environ.update({
-    "DJANGO_SETTINGS_MODULE": "fastflow_site.settings",
-    "FASTFLOW_DATA_DIR": str(SCRATCH / "data"),
-    "FASTFLOW_PIPELINES_DIR": str(SCRATCH / "pipelines"),
-    "FASTFLOW_LOG_MAX_BYTES": str(4 * 2**30),  # the 10x log is bigger than the default cap
-    "FASTFLOW_WORKERS": "2",
-})
+from common import REPO, free_port, scratch
+
+# the 10x log is bigger than the default cap
+SCRATCH = scratch("fastflow-bench-logs-", FASTFLOW_LOG_MAX_BYTES=4 * 2**30, FASTFLOW_WORKERS=2)
 
 PIPELINE = """import os, sys, time
 write, now = sys.stdout.write, time.time
@@ -138,12 +131,6 @@ def check(frames, expected, status, connected, cpu_live):
 
 
 # --- the stack ------------------------------------------------------------------------------
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def start(env, port):
     manage = [sys.executable, str(REPO / "manage.py")]

@@ -21,19 +21,11 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-SCRATCH = Path(tempfile.mkdtemp(prefix="fastflow-bench-"))
-os.environ.update({
-    "DJANGO_SETTINGS_MODULE": "fastflow_site.settings",
-    "FASTFLOW_DATA_DIR": str(SCRATCH / "data"),
-    "FASTFLOW_PIPELINES_DIR": str(SCRATCH / "pipelines"),
-    "FASTFLOW_EXECUTOR": "docker",
-})
+from common import REPO, scratch
+
+SCRATCH = scratch("fastflow-bench-", FASTFLOW_EXECUTOR="docker")
 IMAGE = os.environ.get("FASTFLOW_RUNNER_IMAGE", "fastflow-runner:latest")
 CA = os.environ.get("FASTFLOW_CA_BUNDLE", "")
 

@@ -28,22 +28,12 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-SCRATCH = Path(tempfile.mkdtemp(prefix="fastflow-bench-trigger-"))
-os.environ.update({
-    "DJANGO_SETTINGS_MODULE": "fastflow_site.settings",
-    "FASTFLOW_DATA_DIR": str(SCRATCH / "data"),
-    "FASTFLOW_PIPELINES_DIR": str(SCRATCH / "pipelines"),
-    "FASTFLOW_EXECUTOR": "docker",
-})
-for name in ("DATABASE_URL", "REDIS_URL"):  # a scratch SQLite database and the ORM broker, always
-    os.environ.pop(name, None)
+from common import REPO, free_port, scratch
+
+SCRATCH = scratch("fastflow-bench-trigger-", FASTFLOW_EXECUTOR="docker")
 PIPELINE, KEY = "bench_hook", "bench-webhook-key-0123456789"
 LABEL = "org.fastflow.bench"
 
@@ -51,12 +41,6 @@ LABEL = "org.fastflow.bench"
 def pct(values, q):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class StartEvents(threading.Thread):
