@@ -81,7 +81,8 @@ def engine_create_start(api, image, code_dir, events):
     container = api.create_container(image, command=["python3", "main.py"], working_dir="/pipeline",
                                      user=settings.FASTFLOW_RUN_USER, labels={LABEL: tag},
                                      environment={"HOME": "/tmp", "PYTHONUNBUFFERED": "1"},
-                                     host_config=host_config)["Id"]
+                                     host_config=host_config,
+                                     network_disabled=settings.FASTFLOW_DOCKER_NETWORK == "none")["Id"]
     api.start(container)
     started = events.wait_for(lambda labels: labels.get(LABEL) == tag)
     api.wait(container, timeout=60)

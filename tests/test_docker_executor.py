@@ -29,6 +29,16 @@ for target in ["/etc/probe", "/pipeline/probe", "/tmp/probe"]:
         print("write", target, "refused")
 import socket
 print("interfaces", sorted(name for _, name in socket.if_nameindex()))
+server = socket.socket()
+server.bind(("127.0.0.1", 0))
+server.listen()
+socket.create_connection(server.getsockname(), timeout=2).close()
+print("loopback ok")
+try:  # no route: the connect fails in the kernel, nothing is sent
+    socket.create_connection(("198.51.100.1", 443), timeout=2)
+    print("outside reachable")
+except OSError as exc:
+    print("outside unreachable", type(exc).__name__)
 """
 
 
@@ -49,6 +59,8 @@ def test_container_is_locked_down(pipelines_dir):
     assert "write /pipeline/probe refused" in lines  # code mounted read-only
     assert "write /tmp/probe ok" in lines  # writable tmpfs
     assert "interfaces ['lo']" in lines  # network mode none by default
+    assert "loopback ok" in lines
+    assert any(line.startswith("outside unreachable") for line in lines), lines
     assert run.image == "fastflow-runner:latest"
 
 
@@ -82,6 +94,7 @@ def test_limits_and_labels_reach_the_engine_and_the_container_is_removed(pipelin
     assert "no-new-privileges" in host["SecurityOpt"]
     assert host["PidsLimit"] > 0
     assert host["NetworkMode"] == "none"
+    assert seen["attrs"]["Config"].get("NetworkDisabled") is True  # no engine network sandbox
     assert seen["attrs"]["Config"]["Labels"]["org.fastflow.pipeline"] == "sleeper"
     assert seen["attrs"]["Config"]["User"] == "1000:1000"
     assert _labelled(run.pk) == []  # removed after the run
@@ -167,3 +180,15 @@ def test_garbage_collection_removes_only_old_environments(settings, tmp_path):
     removed = environments.collect_garbage(max_age_days=30)
     assert removed == [old]
     assert not old.exists() and new.exists()
+
+
+def test_pipeline_network_mode_host_gets_the_engine_network(pipelines_dir):
+    probe = "import socket\nprint('interfaces', len(socket.if_nameindex()))\n"
+    make_pipeline(pipelines_dir, "hostnet", probe, meta={"network_mode": "host"})
+    make_pipeline(pipelines_dir, "nonet", probe)
+    host_run, none_run = execute("hostnet", executor="docker"), execute("nonet", executor="docker")
+    assert host_run.status == none_run.status == "succeeded", log_text(host_run) + log_text(none_run)
+    import socket
+
+    assert out_lines(host_run) == [f"interfaces {len(socket.if_nameindex())}"]  # the host's own interfaces
+    assert out_lines(none_run) == ["interfaces 1"]  # loopback only

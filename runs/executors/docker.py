@@ -155,10 +155,11 @@ class DockerExecutor(Executor):
         setup_seconds = time.monotonic() - t0
         ca_env, ca_mounts = self._ca_env_and_mounts()
         binds.update(ca_mounts)
+        network = job.network_mode or settings.FASTFLOW_DOCKER_NETWORK
         host_config = self.api.create_host_config(
             binds=binds,
             tmpfs={"/tmp": "rw,nosuid,nodev,size=512m"},
-            network_mode=job.network_mode or settings.FASTFLOW_DOCKER_NETWORK,
+            network_mode=network,
             read_only=True, cap_drop=["ALL"], security_opt=["no-new-privileges"],
             pids_limit=settings.FASTFLOW_PIDS_LIMIT, init=True,
             mem_limit=job.mem_hard_limit or None,
@@ -172,6 +173,11 @@ class DockerExecutor(Executor):
             labels={LABEL_RUN: str(job.run_id), LABEL_PIPELINE: job.pipeline_id, LABEL_INSTANCE: _instance(),
                     "org.fastflow.role": "run"},
             host_config=host_config,
+            # Network "none" as the engine's NetworkDisabled: the runtime still gives the
+            # container its own network namespace with only loopback, but the engine skips
+            # its network sandbox and the prestart hook that sets it up (a re-exec of the
+            # engine binary), which cost ~120 ms of every container start.
+            network_disabled=network == "none",
         )["Id"]
         try:
             job.on_started(container_id=container[:64], setup_seconds=round(setup_seconds, 3))
