@@ -12,6 +12,10 @@ reads from the container is joined first and still masked. A line that grows pas
 MAX_LINE_CHARS without a newline is written in pieces, cut where no secret can straddle
 the cut. A multi-line secret is masked line by line.
 
+Each such piece is also counted in a small side file (`<log>.cuts`, one stream name per
+line), so `lines_seen` can tell how many of the pipeline's own lines the file holds: a
+re-attached run skips exactly those in the engine's replay.
+
 The size cap (FASTFLOW_LOG_MAX_BYTES) is strict: the file never grows past it. Pipeline
 output stops a little before the cap with a visible marker line; the rest is kept for
 Fast-Flow's own closing lines (how the run ended), so a capped run still says how it ended.
@@ -72,6 +76,7 @@ class LogWriter:
         self._pending = {s: "" for s in STREAMS}
         self._decoders = {s: codecs.getincrementaldecoder("utf-8")(errors="replace") for s in STREAMS}
         self._lock = threading.Lock()
+        self._cuts = None
 
     def mask(self, text):
         for secret in self._secrets:
@@ -86,12 +91,24 @@ class LogWriter:
                 return  # dropped: past the cap (the marker says so), or the disk failed
             text = self._pending[stream] + self._decoders[stream].decode(data)
             *lines, rest = text.split("\n")
+            pieces = 0
             while len(rest) > MAX_LINE_CHARS:
                 cut = self._safe_cut(rest)
                 lines.append(rest[:cut])
                 rest = rest[cut:]
+                pieces += 1
             self._pending[stream] = rest
+            if pieces:  # counted first: a crash in between re-sends a piece, never drops a line
+                self._count_cuts(stream, pieces)
             self._emit(stream, lines)
+
+    def _count_cuts(self, stream, pieces):
+        try:
+            if self._cuts is None:
+                self._cuts = open(cuts_path(self.path), "ab", buffering=0)
+            self._cuts.write(f"{stream}\n".encode() * pieces)
+        except OSError as exc:
+            log.warning("log %s: could not count line pieces (%s)", self.path, exc)
 
     def _safe_cut(self, text):
         """Where to cut an unterminated line: before the last `keep` characters (any secret
@@ -160,6 +177,37 @@ class LogWriter:
             self._flush_pending()
             self.closed = True
             self._fh.close()
+            if self._cuts is not None:
+                self._cuts.close()
+
+
+def cuts_path(path):
+    return f"{path}.cuts"
+
+
+def lines_seen(path):
+    """How many of the pipeline's own lines, per stream (`out`, `err`), a log file holds
+    complete: its lines of that stream, less the pieces a long line was cut into."""
+    seen = {"out": 0, "err": 0}
+    try:
+        with open(path, "rb") as fh:
+            for line in fh:
+                if not line.endswith(b"\n"):
+                    continue
+                stream = line.split(b" ", 2)[1:2]
+                if stream in ([b"out"], [b"err"]):
+                    seen[stream[0].decode()] += 1
+    except FileNotFoundError:
+        pass
+    try:
+        with open(cuts_path(path), "rb") as fh:
+            for line in fh:
+                name = line.strip().decode(errors="replace")
+                if name in seen:
+                    seen[name] -= 1
+    except FileNotFoundError:
+        pass
+    return {name: max(0, n) for name, n in seen.items()}
 
 
 def _utf8_boundary(data):

@@ -34,7 +34,7 @@ from orchestrator.services import MissingSecret, git_snapshot_for_run, secrets_f
 from orchestrator.spec import ENV_NAME_RE
 from runs.executors import ExecutorError, Job, Outcome, get_executor, resolve_kind
 from runs.executors.base import exit_outcome
-from runs.logs import LogWriter
+from runs.logs import LogWriter, lines_seen
 from runs.models import FINAL, DispatchLock, Reason, Run, Status, Trigger
 
 log = logging.getLogger("fastflow.runs")
@@ -268,7 +268,7 @@ def run_reattach(*, run_id) -> Run | None:
     run = Run.objects.select_related("pipeline").filter(pk=run_id, status=Status.RUNNING).first()
     if run is None:
         return None
-    seen = _lines_seen(run.log_path)
+    seen = lines_seen(run.log_path)
     try:
         secrets = secrets_for_run(run.pipeline)
     except (MissingSecret, DecryptionError):
@@ -305,19 +305,6 @@ def _snapshot_root(sha):
 
     root = gitsync.snapshot(sha)
     return root / settings.FASTFLOW_GIT_SUBDIR if settings.FASTFLOW_GIT_SUBDIR else root
-
-
-def _lines_seen(path):
-    seen = {"out": 0, "err": 0}
-    try:
-        with open(path, "rb") as fh:
-            for line in fh:
-                stream = line.split(b" ", 2)[1:2]
-                if stream in ([b"out"], [b"err"]):
-                    seen[stream[0].decode()] += 1
-    except FileNotFoundError:
-        pass
-    return seen
 
 
 def _finish(run: Run, outcome: Outcome, writer: LogWriter) -> Run:

@@ -82,6 +82,32 @@ def test_a_live_container_is_reattached_and_its_result_recorded(pipelines_dir, d
     assert ticks == ["tick 0", "tick 1", "tick 2", "tick 3"]  # no gap, no duplicate
 
 
+def test_reattach_after_a_long_line_skips_exactly_what_was_written(pipelines_dir, docker_engine):
+    # A line past the writer's piece size is stored as several file lines; the engine's
+    # replay has it as one. The re-attached run must neither repeat nor drop lines.
+    from runs.logs import MAX_LINE_CHARS, LogWriter
+    from runs.services import run_reattach
+
+    make_pipeline(pipelines_dir, "p", "print()\n")
+    run = _running("p", executor="docker")
+    long_line = "x" * (MAX_LINE_CHARS + 5000)
+    script = ("import sys, time\nprint('tick 0')\nprint('x' * %d)\nsys.stdout.flush()\ntime.sleep(3)\n"
+              "for i in (1, 2):\n    print('tick', i, flush=True)\n" % len(long_line))
+    c = _container(run.pk, ["python3", "-u", "-c", script])
+    Run.objects.filter(pk=run.pk).update(container_id=c.id)
+    dead = LogWriter(run.log_path)  # what the dead worker wrote: the long line came in two reads
+    dead.write("out", b"tick 0\n" + long_line[:MAX_LINE_CHARS + 10].encode())
+    dead.write("out", long_line[MAX_LINE_CHARS + 10:].encode() + b"\n")
+    assert sum(" out " in ln for ln in run.log_path.read_text().splitlines()) == 3  # 2 pieces
+    assert Reconciler("test").step()["reattached"] == [run.pk]
+    run_reattach(run_id=run.pk)
+    run.refresh_from_db()
+    assert (run.status, run.exit_code) == ("succeeded", 0)
+    out = [ln.split(" ", 2)[2] for ln in run.log_path.read_text().splitlines() if " out " in ln]
+    assert out[0] == "tick 0" and "".join(out[1:3]) == long_line
+    assert out[3:] == ["tick 1", "tick 2"]  # no gap, no duplicate
+
+
 def test_orphan_containers_are_removed(pipelines_dir, docker_engine):
     make_pipeline(pipelines_dir, "p", "print()\n")
     pipeline_sync()
