@@ -110,6 +110,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "fastflow_site.middleware.ApiMethodNotAllowedJson",
 ]
 
 ROOT_URLCONF = "fastflow_site.urls"

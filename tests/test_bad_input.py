@@ -70,3 +70,27 @@ def test_binary_garbage_on_stdout_gives_a_readable_log(pipelines_dir):
     assert run.status == "succeeded"
     text = run.log_path.read_bytes().decode("utf-8")  # strictly valid UTF-8
     assert "after" in log_text(run) and "\ufffd" in text
+
+
+@pytest.mark.parametrize("method, url, allowed", [
+    ("put", "/api/runs", {"GET"}),
+    ("delete", "/api/pipelines", {"GET"}),
+    ("get", "/api/webhooks/pipeline_c/hook-key-123456", {"POST"}),
+])
+def test_a_wrong_method_answers_json_naming_the_allowed_ones(pipes, operator, method, url, allowed):  # noqa: F811
+    response = getattr(operator.client, method)(url)
+    assert response.status_code == 405
+    assert response["Content-Type"].startswith("application/json")
+    detail = response.json()["detail"]
+    assert method.upper() in detail and url in detail
+    assert {m.strip() for m in response["Allow"].split(",")} == allowed
+    assert all(m in detail for m in allowed)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_wrong_method_answers_json_under_asgi_too(pipes):
+    from asgiref.sync import async_to_sync
+    from django.test import AsyncClient
+
+    response = async_to_sync(AsyncClient().put)("/api/runs")
+    assert response.status_code == 405 and "PUT" in response.json()["detail"]
