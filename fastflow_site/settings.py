@@ -8,6 +8,7 @@ PostgreSQL and Redis.
 
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -55,9 +56,10 @@ def _data_dir():
     path = Path(env_str("FASTFLOW_DATA_DIR") or BASE_DIR / ".fastflow").resolve()
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
+        # A probe of this process's own: `up` starts several processes at once, and a shared
+        # probe name let one unlink another's file (a spurious "not writable" at start-up).
+        with tempfile.TemporaryFile(dir=path, prefix=".write-test-"):
+            pass
     except OSError as exc:
         raise ImproperlyConfigured(
             f"FASTFLOW_DATA_DIR={str(path)!r} is not a writable directory: {exc.strerror}"

@@ -76,8 +76,9 @@ def _env() -> dict:
     key = _ssh_key_file()
     if key:
         known = git_root() / "known_hosts"
-        env["GIT_SSH_COMMAND"] = (f"ssh -i {key} -o IdentitiesOnly=yes -o StrictHostKeyChecking=accept-new "
-                                  f"-o UserKnownHostsFile={known}")
+        # BatchMode: never wait on a prompt (a passphrase, a password), fail and say why.
+        env["GIT_SSH_COMMAND"] = (f"ssh -i {key} -o IdentitiesOnly=yes -o BatchMode=yes "
+                                  f"-o StrictHostKeyChecking=accept-new -o UserKnownHostsFile={known}")
     if settings.FASTFLOW_CA_BUNDLE:
         env["GIT_SSL_CAINFO"] = settings.FASTFLOW_CA_BUNDLE
     return env

@@ -119,9 +119,11 @@ class Run(models.Model):
         return settings.FASTFLOW_DATA_DIR / "logs" / f"{self.pk}.log"
 
     def claim(self):
-        """queued -> running, atomically. False when another worker (or a cancel) won."""
+        """queued -> running, atomically. False when another worker (or a cancel) won, or
+        when the dispatcher never handed this run out (a stray task must not jump limits,
+        due times or the queue)."""
         now = timezone.now()
-        won = Run.objects.filter(pk=self.pk, status=Status.QUEUED).update(
+        won = Run.objects.filter(pk=self.pk, status=Status.QUEUED, dispatched_at__isnull=False).update(
             status=Status.RUNNING, started_at=now, worker_host=socket.gethostname()[:200]
         )
         if won:

@@ -54,3 +54,19 @@ def test_invalid_or_disabled_pipelines_cannot_run(pipelines_dir):
         with pytest.raises(RunRefused, match=words):
             run_trigger(pipeline=Pipeline.objects.get(pk=pid), trigger="manual")
     assert Run.objects.count() == 0
+
+
+def test_a_stray_task_cannot_run_what_the_dispatcher_held_back(pipelines_dir, settings):
+    # A task for a run that was never dispatched (over the limit here; a retry not yet due,
+    # or a task left in a queue from before, alike) must not start it past the limit.
+    settings.FASTFLOW_MAX_CONCURRENT_RUNS = 1
+    make_pipeline(pipelines_dir, "p", "print('p')\n")
+    pipeline_sync()
+    first, held = _trigger("p", 2)
+    assert _dispatched() == {first.pk}
+    assert run_execute(run_id=held.pk, executor="local") is None
+    held.refresh_from_db()
+    assert (held.status, held.started_at) == ("queued", None)
+    run_execute(run_id=first.pk, executor="local")  # the slot frees, and the dispatcher hands it out
+    assert _dispatched() == {first.pk, held.pk}
+    assert run_execute(run_id=held.pk, executor="local").status == "succeeded"

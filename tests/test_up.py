@@ -117,3 +117,30 @@ def test_bad_settings_name_the_variable(tmp_path, name, value):
                             env=_env(tmp_path, free_port(), **{name: value}), capture_output=True, text=True,
                             timeout=60)
     assert result.returncode != 0 and name in result.stderr
+
+
+def test_processes_starting_together_all_accept_the_data_dir(tmp_path, monkeypatch):
+    # `up` starts web, workers and dispatcher at once: each checks the data dir is writable,
+    # and no check may trip over another's (it once made a process see "not writable").
+    import threading
+
+    from fastflow_site import settings as site_settings
+
+    monkeypatch.setenv("FASTFLOW_DATA_DIR", str(tmp_path / "shared"))
+    errors = []
+
+    def check():
+        for _ in range(200):
+            try:
+                site_settings._data_dir()
+            except Exception as exc:
+                errors.append(exc)
+                return
+
+    threads = [threading.Thread(target=check) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert list((tmp_path / "shared").iterdir()) == []  # no probe left behind
