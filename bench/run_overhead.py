@@ -75,7 +75,10 @@ def per_run_uv_api(n, folder):
 
     api = docker.APIClient()
     cache = SCRATCH / "uv-run-cache"  # warmed by per_run_uv()
-    binds = {str(cache): {"bind": "/cache", "mode": "rw"}, str(folder): {"bind": "/pipeline", "mode": "ro"}}
+    from runs.executors.docker import _hosts_file
+
+    binds = {str(cache): {"bind": "/cache", "mode": "rw"}, str(folder): {"bind": "/pipeline", "mode": "ro"},
+             str(_hosts_file()): {"bind": "/etc/hosts", "mode": "ro"}}
     env = {"HOME": "/tmp", "UV_CACHE_DIR": "/cache"}
     if CA:
         binds[CA] = {"bind": "/etc/ssl/certs/bench-ca.crt", "mode": "ro"}

@@ -71,8 +71,13 @@ def engine_create_start(api, image, code_dir, events):
     """(a): the same container a run gets (see runs/executors/docker.py), created and started."""
     from django.conf import settings
 
+    from runs.executors.docker import _hosts_file
+
+    binds = {str(code_dir): {"bind": "/pipeline", "mode": "ro"}}
+    if settings.FASTFLOW_DOCKER_NETWORK == "none":
+        binds[str(_hosts_file())] = {"bind": "/etc/hosts", "mode": "ro"}
     host_config = api.create_host_config(
-        binds={str(code_dir): {"bind": "/pipeline", "mode": "ro"}}, tmpfs={"/tmp": "rw,nosuid,nodev,size=512m"},
+        binds=binds, tmpfs={"/tmp": "rw,nosuid,nodev,size=512m"},
         network_mode=settings.FASTFLOW_DOCKER_NETWORK, read_only=True, cap_drop=["ALL"],
         security_opt=["no-new-privileges"], pids_limit=settings.FASTFLOW_PIDS_LIMIT, init=True,
         mem_limit=2 * 1024**3, memswap_limit=2 * 1024**3)

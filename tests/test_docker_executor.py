@@ -34,6 +34,7 @@ server.bind(("127.0.0.1", 0))
 server.listen()
 socket.create_connection(server.getsockname(), timeout=2).close()
 print("loopback ok")
+print("localhost is", socket.gethostbyname("localhost"))
 try:  # no route: the connect fails in the kernel, nothing is sent
     socket.create_connection(("198.51.100.1", 443), timeout=2)
     print("outside reachable")
@@ -60,6 +61,7 @@ def test_container_is_locked_down(pipelines_dir):
     assert "write /tmp/probe ok" in lines  # writable tmpfs
     assert "interfaces ['lo']" in lines  # network mode none by default
     assert "loopback ok" in lines
+    assert "localhost is 127.0.0.1" in lines  # /etc/hosts is there, though the engine's networking is off
     assert any(line.startswith("outside unreachable") for line in lines), lines
     assert run.image == "fastflow-runner:latest"
 

@@ -38,6 +38,33 @@ LABEL_INSTANCE = "org.fastflow.instance"
 ENGINE_ERRORS = (docker_errors.DockerException, requests_errors.RequestException, ConnectionError)
 
 
+# The engine writes this /etc/hosts into containers it networks (mode "none" included), but
+# not into one started with networking disabled: without it "localhost" does not resolve.
+HOSTS = """127.0.0.1\tlocalhost
+::1\tlocalhost ip6-localhost ip6-loopback
+fe00::0\tip6-localnet
+ff00::0\tip6-mcastprefix
+ff02::1\tip6-allnodes
+ff02::2\tip6-allrouters
+"""
+
+
+def _hosts_file():
+    """A read-only /etc/hosts for run containers, kept in the data dir (written once)."""
+    path = settings.FASTFLOW_DATA_DIR / "runner" / "hosts"
+    try:
+        if path.read_text() == HOSTS:
+            return path
+    except OSError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"hosts.{os.getpid()}.{threading.get_ident()}")
+    tmp.write_text(HOSTS)
+    tmp.chmod(0o644)
+    os.replace(tmp, path)
+    return path
+
+
 def _instance():
     from runs.models import instance_id
 
@@ -156,6 +183,8 @@ class DockerExecutor(Executor):
         ca_env, ca_mounts = self._ca_env_and_mounts()
         binds.update(ca_mounts)
         network = job.network_mode or settings.FASTFLOW_DOCKER_NETWORK
+        if network == "none":
+            binds[str(_hosts_file())] = {"bind": "/etc/hosts", "mode": "ro"}
         host_config = self.api.create_host_config(
             binds=binds,
             tmpfs={"/tmp": "rw,nosuid,nodev,size=512m"},
