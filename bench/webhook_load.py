@@ -5,6 +5,8 @@
 Checks: zero 5xx responses, and exactly one run row for each 202 (counted in the database).
 Prints p50/p95 response times per database and writes them to bench/results/webhook_load.json.
 Workers are not started: the point is the web tier and the database, not the runs.
+The web server pools its PostgreSQL connections as `up` starts it (BENCH_DB_POOL=0 to compare
+without: 54 vs 66 requests/s here).
 PostgreSQL: DATABASE_URL of a server this machine reaches (default postgres://postgres@127.0.0.1:5432/fastflow_bench).
 """
 
@@ -35,7 +37,8 @@ def one_database(kind, n, concurrency):
     (pipelines / "hook" / "pipeline.json").write_text(json.dumps({"webhook_key": KEY}))
     env = {**os.environ, "FASTFLOW_DATA_DIR": str(scratch / "data"), "FASTFLOW_PIPELINES_DIR": str(pipelines),
            "FASTFLOW_WEBHOOK_RATE": str(n * 10), "FASTFLOW_WEBHOOK_IP_RATE": str(n * 10),
-           "FASTFLOW_EXECUTOR": "local", "FASTFLOW_CHILD_PROCESS": "1", "DJANGO_SECRET_KEY": "bench-only-secret"}
+           "FASTFLOW_EXECUTOR": "local", "FASTFLOW_CHILD_PROCESS": "1", "DJANGO_SECRET_KEY": "bench-only-secret",
+           "FASTFLOW_DB_POOL": os.environ.get("BENCH_DB_POOL", "1")}  # as `up` starts its web server (PostgreSQL only)
     env.pop("REDIS_URL", None)
     if kind == "postgres":
         url = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/fastflow_bench")

@@ -73,7 +73,12 @@ class Command(BaseCommand):
             children["dispatcher"] = manage + ["dispatcher"]
         # Each child leads its own process group, so stopping reaches the q2 worker processes too.
         env = {**os.environ, "FASTFLOW_CHILD_PROCESS": "1"}  # checks were run once, here
-        procs = {name: subprocess.Popen(cmd, cwd=settings.BASE_DIR, start_new_session=True, env=env)
+        # The web server pools its PostgreSQL connections (unless FASTFLOW_DB_POOL says no);
+        # the q2 cluster forks its workers and must not (see settings).
+        envs = {"web": {"FASTFLOW_DB_POOL": os.environ.get("FASTFLOW_DB_POOL") or "1"},
+                "workers": {"FASTFLOW_DB_POOL": "0"}, "dispatcher": {"FASTFLOW_DB_POOL": "0"}}
+        procs = {name: subprocess.Popen(cmd, cwd=settings.BASE_DIR, start_new_session=True,
+                                        env={**env, **envs[name]})
                  for name, cmd in children.items()}
         stopping = {"signal": None}
 
