@@ -26,15 +26,12 @@ import json
 import multiprocessing as mp
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
 
-from common import REPO, free_port, scratch
+from common import free_port, scratch, start, stop
 
 # the 10x log is bigger than the default cap
 SCRATCH = scratch("fastflow-bench-logs-", FASTFLOW_LOG_MAX_BYTES=4 * 2**30, FASTFLOW_WORKERS=2)
@@ -132,37 +129,6 @@ def check(frames, expected, status, connected, cpu_live):
 
 # --- the stack ------------------------------------------------------------------------------
 
-def start(env, port):
-    manage = [sys.executable, str(REPO / "manage.py")]
-    cmds = {"web": [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-                    "fastflow_site.asgi:application"],
-            "workers": manage + ["qcluster"], "dispatcher": manage + ["dispatcher"]}
-    procs = {name: subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(SCRATCH / f"{name}.log", "ab"),
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-             for name, cmd in cmds.items()}
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return procs
-        except OSError:
-            if time.monotonic() > deadline or procs["web"].poll() is not None:
-                raise SystemExit("web did not start:\n" + (SCRATCH / "web.log").read_text()[-3000:])
-            time.sleep(0.1)
-
-
-def stop(procs):
-    for p in procs.values():
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGTERM)
-    for p in procs.values():
-        try:
-            p.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-
-
 def vm(pid, key):
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):
@@ -183,7 +149,7 @@ def scenario(lines, n_viewers, env, cookie, executor):
     from runs.services import run_trigger
 
     port = free_port()
-    procs = start(env, port)
+    procs = start(["web", "qcluster", "dispatcher"], env, SCRATCH, port)
     ctx = mp.get_context("fork")  # viewers use no Django: a fork is cheap and re-imports nothing
     try:
         time.sleep(2)  # let the q2 cluster come up

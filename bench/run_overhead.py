@@ -22,10 +22,9 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import time
 
-from common import REPO, scratch
+from common import REPO, scratch, start, stop
 
 SCRATCH = scratch("fastflow-bench-", FASTFLOW_EXECUTOR="docker")
 IMAGE = os.environ.get("FASTFLOW_RUNNER_IMAGE", "fastflow-runner:latest")
@@ -75,10 +74,10 @@ def per_run_uv_api(n, folder):
 
     api = docker.APIClient()
     cache = SCRATCH / "uv-run-cache"  # warmed by per_run_uv()
-    from runs.executors.docker import _hosts_file
+    from runs.executors.docker import hosts_file
 
     binds = {str(cache): {"bind": "/cache", "mode": "rw"}, str(folder): {"bind": "/pipeline", "mode": "ro"},
-             str(_hosts_file()): {"bind": "/etc/hosts", "mode": "ro"}}
+             str(hosts_file()): {"bind": "/etc/hosts", "mode": "ro"}}
     env = {"HOME": "/tmp", "UV_CACHE_DIR": "/cache"}
     if CA:
         binds[CA] = {"bind": "/etc/ssl/certs/bench-ca.crt", "mode": "ro"}
@@ -135,10 +134,7 @@ def main():
     from django.conf import settings
 
     env["DJANGO_SECRET_KEY"] = settings.SECRET_KEY
-    logs = {part: SCRATCH / f"{part}.log" for part in ("qcluster", "dispatcher")}
-    procs = [subprocess.Popen([sys.executable, str(REPO / "manage.py"), part], env=env, cwd=REPO,
-                              stdout=open(path, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
-             for part, path in logs.items()]
+    procs = start(["qcluster", "dispatcher"], env, SCRATCH)
 
     def through_stack(pid):
         t0 = time.perf_counter()
@@ -148,7 +144,7 @@ def main():
             if status in ("succeeded", "failed", "cancelled"):
                 break
             if time.perf_counter() - t0 > 120:
-                tails = "\n".join(f"--- {k}\n{v.read_text()[-3000:]}" for k, v in logs.items())
+                tails = "\n".join(f"--- {k}\n{(SCRATCH / f'{k}.log').read_text()[-3000:]}" for k in procs)
                 raise SystemExit(f"run {run.pk} still {status} after 120 s\n{tails}")
             time.sleep(0.005)
         elapsed = time.perf_counter() - t0
@@ -177,13 +173,7 @@ def main():
         setup = list(Run.objects.filter(pipeline_id="bench_heavy").order_by("-id")
                      .values_list("setup_seconds", flat=True)[: args.repeat])
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
         shutil.rmtree(SCRATCH, ignore_errors=True)
 
     med = statistics.median

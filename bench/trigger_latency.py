@@ -24,14 +24,11 @@ import json
 import os
 import queue
 import shutil
-import socket
 import statistics
-import subprocess
-import sys
 import threading
 import time
 
-from common import REPO, free_port, scratch
+from common import free_port, scratch, start, stop
 
 SCRATCH = scratch("fastflow-bench-trigger-", FASTFLOW_EXECUTOR="docker")
 PIPELINE, KEY = "bench_hook", "bench-webhook-key-0123456789"
@@ -71,11 +68,11 @@ def engine_create_start(api, image, code_dir, events):
     """(a): the same container a run gets (see runs/executors/docker.py), created and started."""
     from django.conf import settings
 
-    from runs.executors.docker import _hosts_file
+    from runs.executors.docker import hosts_file
 
     binds = {str(code_dir): {"bind": "/pipeline", "mode": "ro"}}
     if settings.FASTFLOW_DOCKER_NETWORK == "none":
-        binds[str(_hosts_file())] = {"bind": "/etc/hosts", "mode": "ro"}
+        binds[str(hosts_file())] = {"bind": "/etc/hosts", "mode": "ro"}
     host_config = api.create_host_config(
         binds=binds, tmpfs={"/tmp": "rw,nosuid,nodev,size=512m"},
         network_mode=settings.FASTFLOW_DOCKER_NETWORK, read_only=True, cap_drop=["ALL"],
@@ -158,26 +155,11 @@ def main():
     image = DockerExecutor().image_id()
     port = free_port()
     env = {**os.environ, "FASTFLOW_CHILD_PROCESS": "1", "DJANGO_SECRET_KEY": settings.SECRET_KEY}
-    commands = {
-        "web": [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "fastflow_site.asgi:application"],
-        "qcluster": [sys.executable, str(REPO / "manage.py"), "qcluster"],
-        "dispatcher": [sys.executable, str(REPO / "manage.py"), "dispatcher"],
-    }
-    logs = {name: SCRATCH / f"{name}.log" for name in commands}
-    procs = [subprocess.Popen(cmd, env=env, cwd=REPO, stdout=open(logs[name], "wb"), stderr=subprocess.STDOUT,
-                              start_new_session=True) for name, cmd in commands.items()]
     events = StartEvents(api)
     events.start()
+    procs = {}
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("daphne did not listen:\n" + logs["web"].read_text()[-2000:])
-                time.sleep(0.1)
+        procs = start(["web", "qcluster", "dispatcher"], env, SCRATCH, port)
         time.sleep(3)  # let the cluster come up
         for _ in range(3):  # warm-up: connections, page cache, the engine's image cache
             webhook_to_start(port, events, Run)
@@ -187,13 +169,7 @@ def main():
             a.append(engine_create_start(api, image, folder, events))
             b.append(webhook_to_start(port, events, Run))
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
         events.stream.close()
         shutil.rmtree(SCRATCH, ignore_errors=True)
 

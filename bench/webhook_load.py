@@ -15,7 +15,6 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import REPO, free_port
+from common import REPO, free_port, start, stop
 
 KEY = "load-test-key-123"
 
@@ -53,16 +52,9 @@ def one_database(kind, n, concurrency):
     subprocess.run(manage + ["migrate", "-v0"], env=env, check=True, cwd=REPO)
     subprocess.run(manage + ["sync_pipelines"], env=env, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     port = free_port()
-    web = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-                            "fastflow_site.asgi:application"], env=env, cwd=REPO,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    web = {}
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+        web = start(["web"], env, scratch, port)
         codes, times, lock = {}, [], threading.Lock()
         todo = iter(range(n))
 
@@ -100,8 +92,7 @@ def one_database(kind, n, concurrency):
         count = subprocess.run(manage + ["shell", "-c", "from runs.models import Run; print(Run.objects.count())"],
                                env=env, cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
     finally:
-        web.terminate()
-        web.wait(15)
+        stop(web)
         shutil.rmtree(scratch, ignore_errors=True)
     times.sort()
     fivexx = sum(v for k, v in codes.items() if k == "error" or (isinstance(k, int) and k >= 500))

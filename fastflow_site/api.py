@@ -3,8 +3,9 @@
 OpenAPI at /api/openapi.json, interactive docs at /api/docs. Every error answers JSON
 `{"detail": ...}`: 400 unreadable body, 401 no or bad token, 403 not allowed, 404 unknown,
 405 wrong method (the detail and the Allow header name the allowed ones; see
-fastflow_site/middleware.py), 409 refused in the current state (a disabled pipeline, a run still going), 413 body too
-large, 422 invalid input (the detail lists each problem), 429 rate limited.
+fastflow_site/middleware.py), 409 refused in the current state (a disabled pipeline, a run
+still going), 413 body too large, 422 invalid input (the detail lists each problem), 429
+rate limited.
 """
 
 from django.core.exceptions import RequestDataTooBig

@@ -13,6 +13,8 @@ from pathlib import Path
 from django.conf import settings
 from django.db import connection
 
+from fastflow_site.children import child_env
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -61,9 +63,7 @@ def running(*parts, port=None, **extra_env):
     try:
         for part in parts:
             out = open(log_dir / f"{part}.log", "wb")
-            part_env = {**env, "FASTFLOW_DB_POOL": "1" if part == "web" else "0"}  # as `up` starts them
-            part_env.update({k: str(v) for k, v in extra_env.items()})
-            procs[part] = subprocess.Popen(commands[part], cwd=REPO, env=part_env, stdout=out,
+            procs[part] = subprocess.Popen(commands[part], cwd=REPO, env=child_env(part, env), stdout=out,
                                            stderr=subprocess.STDOUT, start_new_session=True)
         if "web" in parts:
             _wait_port(port, procs["web"], log_dir)

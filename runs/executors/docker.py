@@ -49,7 +49,7 @@ ff02::2\tip6-allrouters
 """
 
 
-def _hosts_file():
+def hosts_file():
     """A read-only /etc/hosts for run containers, kept in the data dir (written once)."""
     path = settings.FASTFLOW_DATA_DIR / "runner" / "hosts"
     try:
@@ -183,8 +183,14 @@ class DockerExecutor(Executor):
         ca_env, ca_mounts = self._ca_env_and_mounts()
         binds.update(ca_mounts)
         network = job.network_mode or settings.FASTFLOW_DOCKER_NETWORK
-        if network == "none":
-            binds[str(_hosts_file())] = {"bind": "/etc/hosts", "mode": "ro"}
+        # Network "none" as the engine's NetworkDisabled: the runtime still gives the
+        # container its own network namespace with only loopback, but the engine skips its
+        # network sandbox and the prestart hook that sets it up (a re-exec of the engine
+        # binary), which cost ~120 ms of every container start. It then writes no
+        # /etc/hosts, so the container gets ours.
+        no_network = network == "none"
+        if no_network:
+            binds[str(hosts_file())] = {"bind": "/etc/hosts", "mode": "ro"}
         host_config = self.api.create_host_config(
             binds=binds,
             tmpfs={"/tmp": "rw,nosuid,nodev,size=512m"},
@@ -202,11 +208,7 @@ class DockerExecutor(Executor):
             labels={LABEL_RUN: str(job.run_id), LABEL_PIPELINE: job.pipeline_id, LABEL_INSTANCE: _instance(),
                     "org.fastflow.role": "run"},
             host_config=host_config,
-            # Network "none" as the engine's NetworkDisabled: the runtime still gives the
-            # container its own network namespace with only loopback, but the engine skips
-            # its network sandbox and the prestart hook that sets it up (a re-exec of the
-            # engine binary), which cost ~120 ms of every container start.
-            network_disabled=network == "none",
+            network_disabled=no_network,
         )["Id"]
         try:
             job.on_started(container_id=container[:64], setup_seconds=round(setup_seconds, 3))

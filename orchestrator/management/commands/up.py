@@ -22,6 +22,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from fastflow_site.children import child_env
 from orchestrator.services import pipelines_sync_all
 
 
@@ -72,13 +73,9 @@ class Command(BaseCommand):
             children["workers"] = manage + ["qcluster"]
             children["dispatcher"] = manage + ["dispatcher"]
         # Each child leads its own process group, so stopping reaches the q2 worker processes too.
-        env = {**os.environ, "FASTFLOW_CHILD_PROCESS": "1"}  # checks were run once, here
-        # The web server pools its PostgreSQL connections (unless FASTFLOW_DB_POOL says no);
-        # the q2 cluster forks its workers and must not (see settings).
-        envs = {"web": {"FASTFLOW_DB_POOL": os.environ.get("FASTFLOW_DB_POOL") or "1"},
-                "workers": {"FASTFLOW_DB_POOL": "0"}, "dispatcher": {"FASTFLOW_DB_POOL": "0"}}
+        # FASTFLOW_CHILD_PROCESS: checks were run once, here; the web server alone pools.
         procs = {name: subprocess.Popen(cmd, cwd=settings.BASE_DIR, start_new_session=True,
-                                        env={**env, **envs[name]})
+                                        env=child_env(name, dict(os.environ)))
                  for name, cmd in children.items()}
         stopping = {"signal": None}
 
